@@ -1,0 +1,26 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up first (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export GRADIO_ANALYTICS_ENABLED := False
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test demo lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q -x --durations=15 $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) scripts/demo.py
+
+lint: setup
+	$(PY) -m ruff check src tests bench scripts
+
+bench: setup
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf runs outputs .pytest_cache

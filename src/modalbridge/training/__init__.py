@@ -1,0 +1,1 @@
+"""Lightning training engine: tasks, run directories, checkpoints and loggers."""

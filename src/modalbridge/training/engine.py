@@ -1,0 +1,277 @@
+"""Config-driven training on Lightning: run directories, checkpoints, loggers, resume, init_from, DDP.
+
+``modalbridge train CONFIG.yaml key=value ...`` resolves a :class:`RunConfig` (defaults <- YAML <- overrides),
+builds the task named by ``task:`` from the ``TASKS`` registry and runs a Lightning ``Trainer`` in
+``runs/<name>/<timestamp>/``:
+
+    config.yaml            resolved config (also written into the exported model)
+    checkpoints/           best.ckpt (by checkpoint.monitor), last.ckpt, epoch=N.ckpt every N epochs
+    logs/csv, logs/tensorboard   (+ MLflow in <run_root>/mlflow.db or W&B offline files when selected)
+    model/                 the best weights exported as a model directory (config.json + model.safetensors)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from modalbridge import checkpoint as ckpt
+from modalbridge.config import from_dict, merge, parse_overrides, read_yaml, save_yaml, to_dict
+from modalbridge.errors import UserError
+from modalbridge.registry import TASKS
+
+RUN_DIR_ENV = "MODALBRIDGE_RUN_DIR"  # rank 0 picks the run dir; DDP workers started by Lightning inherit it
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    accelerator: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32"
+    gradient_clip_val: float = 0.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    check_val_every_n_epoch: int = 1
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    progress: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val/loss"
+    mode: Literal["min", "max"] = "min"
+    every_n_epochs: int = 0  # 0: only best and last
+    early_stopping_patience: int = 0  # 0: off
+
+
+@dataclass
+class LoggerConfig:
+    backends: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    mlflow_tracking_uri: str | None = None  # default: sqlite:///<run_root>/mlflow.db
+    wandb_project: str = "modalbridge"
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9
+    scheduler: Literal["none", "cosine"] = "none"
+    warmup_steps: int = 0
+
+
+@dataclass
+class RunConfig:
+    task: str = ""
+    name: str = ""
+    seed: int = 0
+    run_root: str = "runs"
+    init_from: str | None = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: Any = field(default_factory=dict)  # the task's DataConfig
+    model: Any = field(default_factory=dict)  # the task's ModelConfig
+
+
+def resolve_config(yaml_path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML <- overrides; ``data``/``model`` are typed by the task's config classes."""
+    raw = read_yaml(yaml_path) if yaml_path is not None else {}
+    raw = merge(raw, parse_overrides(overrides or []))
+    task_name = raw.get("task")
+    if not task_name:
+        raise UserError("config has no 'task' (known tasks: " + ", ".join(sorted(TASKS)) + ")")
+    task_cls = TASKS.get_entry(str(task_name))
+    data, model = raw.pop("data", {}) or {}, raw.pop("model", {}) or {}
+    cfg = from_dict(RunConfig, raw)
+    cfg.data = from_dict(task_cls.DataConfig, data, prefix="data.")
+    cfg.model = from_dict(task_cls.ModelConfig, model, prefix="model.")
+    cfg.name = cfg.name or cfg.task
+    return cfg
+
+
+class EpochSeed:
+    """Reseed torch at every epoch start from (seed, epoch): dropout and augmentation do not depend on history,
+    so a run resumed from a checkpoint continues exactly as the uninterrupted run."""
+
+    def __new__(cls, seed: int):
+        import lightning.pytorch as pl
+
+        class _EpochSeed(pl.Callback):
+            def on_train_epoch_start(self, trainer, pl_module):
+                torch.manual_seed(seed * 100_003 + trainer.current_epoch)
+
+        return _EpochSeed()
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffling sampler whose order is a function of (seed, epoch); Lightning calls ``set_epoch``.
+    Under DDP each rank takes every ``world``-th index of the same permutation."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.shuffle, self.rank, self.world, self.epoch = n, seed, shuffle, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        return iter(order[self.rank :: self.world])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, trainer=None, **kwargs):
+    """DataLoader with an :class:`EpochSampler` sharded over the trainer's ranks."""
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    sampler = EpochSampler(len(dataset), seed, shuffle, rank, world)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(os.environ[RUN_DIR_ENV])
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.run_root) / cfg.name / stamp
+    run_dir, i = base, 1
+    while run_dir.exists():
+        run_dir, i = base.with_name(f"{stamp}-{i}"), i + 1
+    run_dir.mkdir(parents=True)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    return run_dir
+
+
+def _loggers(cfg: RunConfig, run_dir: Path) -> list:
+    from lightning.pytorch import loggers as L
+
+    out = []
+    for name in cfg.logger.backends:
+        if name == "csv":
+            out.append(L.CSVLogger(run_dir / "logs", name="csv", version=""))
+        elif name == "tensorboard":
+            out.append(L.TensorBoardLogger(run_dir / "logs", name="tensorboard", version="", default_hp_metric=False))
+        elif name == "mlflow":
+            if not _has("mlflow"):
+                raise UserError("logger 'mlflow' needs the mlflow package: pip install 'modalbridge[track]'")
+            uri = cfg.logger.mlflow_tracking_uri or f"sqlite:///{Path(cfg.run_root).resolve()}/mlflow.db"
+            out.append(L.MLFlowLogger(experiment_name=cfg.name, tracking_uri=uri, run_name=run_dir.name))
+        elif name == "wandb":
+            if not _has("wandb"):
+                raise UserError("logger 'wandb' needs the wandb package: pip install 'modalbridge[track]'")
+            out.append(L.WandbLogger(project=cfg.logger.wandb_project, save_dir=str(run_dir), offline=True))
+        else:
+            raise UserError(f"unknown logger '{name}' (known: csv, tensorboard, mlflow, wandb)")
+    return out
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _callbacks(cfg: RunConfig, run_dir: Path) -> list:
+    from lightning.pytorch import callbacks as C
+
+    c = cfg.checkpoint
+    out = [
+        EpochSeed(cfg.seed),
+        C.ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="best", monitor=c.monitor, mode=c.mode, save_last=True,
+            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
+        ),
+    ]
+    if c.every_n_epochs > 0:
+        out.append(C.ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="epoch={epoch}", every_n_epochs=c.every_n_epochs,
+            save_top_k=-1, auto_insert_metric_name=False,
+        ))
+    if c.early_stopping_patience > 0:
+        out.append(C.EarlyStopping(monitor=c.monitor, mode=c.mode, patience=c.early_stopping_patience))
+    if cfg.trainer.progress:
+        out.append(C.TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps)))
+    return out
+
+
+def init_weights_from(module: torch.nn.Module, source: str | Path) -> None:
+    """Load a model directory's (or a run dir's exported ``model/``) weights into ``module`` (pretrain -> fine-tune)."""
+    source = Path(source)
+    model_dir = source / "model" if (source / "model" / ckpt.CONFIG_NAME).is_file() else source
+    ckpt.read_meta(model_dir)
+    ckpt.load_into(module, ckpt.load_state_dict(model_dir / ckpt.WEIGHTS_NAME), model_dir)
+
+
+def train(cfg: RunConfig, resume: str | Path | None = None) -> Path:
+    """Train ``cfg``; returns the run directory. ``resume`` continues a run dir from its ``last.ckpt``."""
+    import lightning.pytorch as pl
+
+    task = TASKS.get_entry(cfg.task)(cfg)
+    if resume is not None:
+        run_dir = Path(resume)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise UserError(f"cannot resume: {last} not found")
+        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    else:
+        run_dir = new_run_dir(cfg)
+        last = None
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        save_yaml(cfg, run_dir / "config.yaml")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = task.build_module()
+    if cfg.init_from and last is None:
+        init_weights_from(module.model, cfg.init_from)
+    datamodule = task.build_datamodule()
+    t = cfg.trainer
+    try:
+        trainer = pl.Trainer(
+            default_root_dir=run_dir, max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
+            strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision,
+            gradient_clip_val=t.gradient_clip_val or None, accumulate_grad_batches=t.accumulate_grad_batches,
+            log_every_n_steps=t.log_every_n_steps, check_val_every_n_epoch=t.check_val_every_n_epoch,
+            limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+            logger=_loggers(cfg, run_dir), callbacks=_callbacks(cfg, run_dir), enable_progress_bar=t.progress,
+            enable_model_summary=False, deterministic=t.deterministic, use_distributed_sampler=False,
+        )
+    except (ValueError, RuntimeError, TypeError) as e:  # bad accelerator/precision/strategy combinations
+        raise UserError(f"cannot build the trainer: {str(e).splitlines()[0]}") from None
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last, weights_only=False)
+    if trainer.is_global_zero:
+        export_best(trainer, module, task, cfg, run_dir)
+    return run_dir
+
+
+def export_best(trainer, module, task, cfg: RunConfig, run_dir: Path) -> Path:
+    """Write the best checkpoint's model weights as ``run_dir/model`` (a model directory)."""
+    cb = trainer.checkpoint_callback
+    best = getattr(cb, "best_model_path", "") if cb is not None else ""
+    if best and Path(best).is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    if cb is not None and cb.best_model_score is not None:
+        metrics["best/" + cfg.checkpoint.monitor] = float(cb.best_model_score)
+    return task.export(module, run_dir / "model", metrics=metrics, run_config=to_dict(cfg))
+
+
+def config_fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]

@@ -1,0 +1,65 @@
+"""Base classes every training task builds on: a task makes a LightningModule, a DataModule and exports a model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from modalbridge import checkpoint as ckpt
+
+
+class BridgeModule(pl.LightningModule):
+    """Wraps a registered ``model`` (what gets exported) and builds the optimizer from ``OptimConfig``."""
+
+    def __init__(self, model: torch.nn.Module, optim_cfg):
+        super().__init__()
+        self.model = model
+        self.optim_cfg = optim_cfg
+
+    def trainable_parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        params = self.trainable_parameters()
+        if o.name == "sgd":
+            opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        else:
+            cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+            opt = cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        if o.scheduler == "none" and o.warmup_steps == 0:
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def factor(step: int) -> float:
+            if step < o.warmup_steps:
+                return (step + 1) / o.warmup_steps
+            if o.scheduler == "cosine":
+                t = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class Task:
+    """A trainable job picked by ``task:`` in a config. Subclasses set the two config classes."""
+
+    DataConfig: type
+    ModelConfig: type
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def build_module(self) -> BridgeModule:
+        raise NotImplementedError
+
+    def build_datamodule(self) -> pl.LightningDataModule:
+        raise NotImplementedError
+
+    def export(self, module: BridgeModule, path: Path, metrics: dict, run_config: dict) -> Path:
+        return ckpt.save(module.model, path, metrics=metrics, extra={"run_config": run_config})
