@@ -1,0 +1,1 @@
+"""Image side: image encoders, safe image loading, Fashion-MNIST."""
