@@ -1,0 +1,125 @@
+"""Text encoders: tiny random BERT/DistilBERT saved to tmp_path and loaded by path; the offline MiniLM."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from modalbridge.errors import UserError
+from modalbridge.text import TEXT_ENCODERS, load_text_encoder
+
+WORDS = (
+    "the a an and with of in on red blue green black white small big dress dresses shirt shirts bag bags "
+    "shoe shoes boot boots coat coats trouser trousers sneaker sandal pullover elephant bus cat dog photo "
+    "picture drawing of , . ! ?"
+).split()
+
+
+def tiny_vocab() -> dict[str, int]:
+    """99 word pieces: specials, letters, '##' letters and a few whole words (so words split into pieces)."""
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces += list("abcdefghijklmnopqrstuvwxyz") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+    pieces += [w for w in WORDS if w not in pieces]
+    return {p: i for i, p in enumerate(pieces[:99])}
+
+
+def make_tiny_encoder(path: Path, arch: str = "bert", seed: int = 0) -> Path:
+    """Save a random hidden-32, 2-layer, vocab-99 BERT or DistilBERT + fast tokenizer in ``path``."""
+    from transformers import BertConfig, BertModel, BertTokenizer, DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(seed)
+    vocab = tiny_vocab()
+    if arch == "bert":
+        cfg = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=37, max_position_embeddings=64)
+        model = BertModel(cfg)
+    else:
+        cfg = DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                               max_position_embeddings=64)
+        model = DistilBertModel(cfg)
+    model.save_pretrained(path)
+    BertTokenizer(vocab=vocab, model_max_length=64).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("enc")
+    return {arch: make_tiny_encoder(root / arch, arch) for arch in ("bert", "distilbert")}
+
+
+TEXTS = ["a red dress", "the big black boots and a small bag with green shoes", "shirt", "an elephant , a bus !"]
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_batched_sorted_equals_one_at_a_time(tiny_dirs, arch):
+    enc = load_text_encoder(str(tiny_dirs[arch]))
+    assert enc.hidden_size == 32 and enc.num_layers == 2
+    batched = enc.encode(TEXTS, batch_size=3, sort=True)
+    assert batched.hidden.shape[:2] == batched.mask.shape
+    for i, text in enumerate(TEXTS):
+        single = enc.encode([text], sort=False)
+        n = int(single.lengths[0])
+        assert int(batched.lengths[i]) == n
+        torch.testing.assert_close(batched.hidden[i, :n], single.hidden[0, :n], atol=1e-5, rtol=1e-4)
+        assert torch.all(batched.hidden[i, n:] == 0)
+    # Sorting really reorders: the longest text goes first through the model.
+    first_idx, _ = next(iter(enc.iter_states(TEXTS, batch_size=2, sort=True)))
+    assert first_idx[0] == 1
+
+
+def test_layer_choice(tiny_dirs):
+    last = load_text_encoder(str(tiny_dirs["bert"]))
+    emb = load_text_encoder(str(tiny_dirs["bert"]), layer=0)
+    top = load_text_encoder(str(tiny_dirs["bert"]), layer=2)
+    a, b, c = (e.encode(TEXTS[:2]).hidden for e in (last, emb, top))
+    torch.testing.assert_close(a, c)
+    assert not torch.allclose(a, b)
+    with pytest.raises(UserError, match="layer 5 out of range"):
+        load_text_encoder(str(tiny_dirs["bert"]), layer=5)
+
+
+def test_word_offsets_align_words_to_pieces(tiny_dirs):
+    enc = load_text_encoder(str(tiny_dirs["bert"]))
+    text = "the xyz dresses , a bag"
+    out = enc.encode(text)
+    words = out.words(0, text)
+    assert [w for w, _ in words] == ["the", "xyz", "dresses", ",", "a", "bag"]
+    pieces = dict(words)
+    assert len(pieces["xyz"]) == 3  # x ##y ##z
+    assert pieces["the"] == [1]  # position 0 is [CLS]
+    assert out.word_ids[0][0] is None
+
+
+def test_long_text_is_truncated_with_warning(tiny_dirs):
+    enc = load_text_encoder(str(tiny_dirs["bert"]))
+    text = "red dress " * 10_000  # 100k characters
+    with pytest.warns(UserWarning, match="truncated"):
+        out = enc.encode([text, "a bag"])
+    assert out.truncated == [True, False]
+    assert int(out.lengths[0]) == enc.max_length == 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert enc.encode("a red dress   ").truncated == [False]  # trailing spaces are not truncation
+
+
+def test_bad_specs(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_text_encoder(str(tmp_path / "nope") + "/")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="cannot load a text encoder"):
+        load_text_encoder(str(tmp_path / "empty"))
+    assert {"minilm", "distilbert-base-uncased"} <= set(TEXT_ENCODERS)
+
+
+def test_minilm_offline_gives_384_dim_states():
+    enc = load_text_encoder("minilm")
+    out = enc.encode(["a photo of a sneaker", "boots"])
+    assert out.hidden.shape[0] == 2 and out.hidden.shape[2] == 384
+    assert enc.num_layers == 6
+    assert torch.isfinite(out.hidden).all()
+    # Contextual states differ between two sentences sharing the word.
+    assert not torch.allclose(out.hidden[0, 1], out.hidden[1, 1])
