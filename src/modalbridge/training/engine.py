@@ -144,7 +144,10 @@ def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, trainer=None
     """DataLoader with an :class:`EpochSampler` sharded over the trainer's ranks."""
     rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
     sampler = EpochSampler(len(dataset), seed, shuffle, rank, world)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    # A private generator: creating the loader's iterator draws a base seed, which must not consume the global RNG
+    # (dropout) at a point that differs between a resumed and an uninterrupted run.
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, **kwargs)
 
 
 def new_run_dir(cfg: RunConfig) -> Path:

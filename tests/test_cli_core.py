@@ -1,0 +1,52 @@
+"""CLI contract through Typer's runner and the console entry point: exit 0 on success, 2 + one error line on bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from modalbridge.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_train_success_prints_run_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("MODALBRIDGE_RUN_DIR", raising=False)
+    res = runner.invoke(app, ["train", str(ROOT / "configs/test/toy.yaml"), f"run_root={tmp_path}",
+                              "trainer.max_epochs=1", "trainer.progress=false", "logger.backends=[csv]"])
+    assert res.exit_code == 0, res.output
+    run_dir = Path(res.stdout.split("run dir:")[1].split()[0])
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+def test_train_bad_inputs(tmp_path):
+    cases = [
+        (["train", str(tmp_path / "missing.yaml")], "config file not found"),
+        (["train", str(ROOT / "configs/test/toy.yaml"), "optim.lrr=1"], "did you mean 'lr'"),
+        (["train", str(ROOT / "configs/test/toy.yaml"), "trainer.max_epochs=many"], "expected an integer"),
+        (["train", "--resume", str(tmp_path)], "cannot resume"),
+        (["train"], "give a CONFIG.yaml"),
+    ]
+    for args, msg in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert msg in _error_line(res)
+
+
+def test_console_entry_usage_errors_are_one_line():
+    for args in (["nosuch"], ["train", "--bogus"]):
+        proc = subprocess.run([sys.executable, "-m", "modalbridge", *args], capture_output=True, text=True)
+        assert proc.returncode == 2
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "modalbridge", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip()

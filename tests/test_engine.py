@@ -1,0 +1,144 @@
+"""The training engine on the toy task: run dirs, resume == uninterrupted, init_from, loggers, DDP."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from modalbridge import checkpoint
+from modalbridge.errors import UserError
+from modalbridge.registry import load_builtins
+from modalbridge.training import engine
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ROOT / "configs" / "test" / "toy.yaml"
+QUIET = ["trainer.progress=false", "logger.backends=[csv]"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    load_builtins()
+    monkeypatch.delenv(engine.RUN_DIR_ENV, raising=False)
+
+
+def _train(tmp_path, *overrides, resume=None):
+    cfg = engine.resolve_config(TOY, [f"run_root={tmp_path}", *QUIET, *overrides])
+    return engine.train(cfg, resume=resume)
+
+
+def _weights(run_dir):
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def test_run_dir_layout_and_resolved_config(tmp_path):
+    run = _train(tmp_path, "trainer.max_epochs=2", "optim.lr=0.02")
+    assert run.parent.parent == tmp_path and run.parent.name == "toy"
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["optim"]["lr"] == 0.02 and resolved["trainer"]["max_epochs"] == 2
+    assert resolved["model"]["hidden"] == 16  # task defaults are resolved in, too
+    assert {p.name for p in (run / "checkpoints").iterdir()} >= {"best.ckpt", "last.ckpt", "epoch=1.ckpt"}
+    assert (run / "logs" / "csv" / "metrics.csv").is_file()
+    model = checkpoint.load(run / "model")
+    metrics = checkpoint.read_json_file(run / "model" / "metrics.json")
+    assert "best/val/loss" in metrics
+    meta = checkpoint.read_meta(run / "model")
+    assert meta["extra"]["run_config"]["optim"]["lr"] == 0.02
+    assert model.config.hidden == 16
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    straight = _train(tmp_path / "a", "trainer.max_epochs=4", "checkpoint.monitor=train/loss")
+    first = _train(tmp_path / "b", "trainer.max_epochs=2", "checkpoint.monitor=train/loss")
+    cfg = engine.resolve_config(first / "config.yaml", ["trainer.max_epochs=4"])
+    resumed = engine.train(cfg, resume=first)
+    assert resumed == first
+    last_a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    last_b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert last_a.keys() == last_b.keys()
+    for k in last_a:
+        torch.testing.assert_close(last_a[k], last_b[k], rtol=0, atol=0, msg=k)
+    # and the run really trained: weights moved away from a 2-epoch run's
+    two_epochs = _train(tmp_path / "c", "trainer.max_epochs=2", "checkpoint.monitor=train/loss")
+    mid = torch.load(two_epochs / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(mid[k], last_a[k]) for k in mid)
+
+
+def test_resume_needs_last_checkpoint(tmp_path):
+    cfg = engine.resolve_config(TOY, [f"run_root={tmp_path}", *QUIET])
+    with pytest.raises(UserError, match="cannot resume"):
+        engine.train(cfg, resume=tmp_path)
+
+
+def test_init_from_copies_weights(tmp_path):
+    pre = _train(tmp_path / "pre", "trainer.max_epochs=1")
+    cfg = engine.resolve_config(TOY, [f"run_root={tmp_path / 'ft'}", *QUIET, f"init_from={pre}"])
+    task = engine.TASKS.get_entry(cfg.task)(cfg)
+    module = task.build_module()
+    engine.init_weights_from(module.model, cfg.init_from)
+    for k, v in _weights(pre).items():
+        torch.testing.assert_close(module.model.state_dict()[k], v)
+    with pytest.raises(UserError, match="do not match"):
+        wide = engine.resolve_config(TOY, ["model.hidden=32"])
+        engine.init_weights_from(engine.TASKS.get_entry("toy_regression")(wide).build_module().model, pre / "model")
+
+
+def test_early_stopping_stops(tmp_path):
+    # lr 0 => val loss never improves => stops after patience+1 epochs instead of 10
+    run = _train(tmp_path, "trainer.max_epochs=10", "optim.lr=0.0", "checkpoint.early_stopping_patience=1")
+    epochs = {int(r["epoch"]) for r in _csv_rows(run) if r.get("epoch")}
+    assert max(epochs) < 9
+
+
+def _csv_rows(run):
+    import csv
+
+    with open(run / "logs" / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_unknown_task_logger_and_keys(tmp_path):
+    with pytest.raises(UserError, match="unknown task 'toy_regresion'.*did you mean 'toy_regression'"):
+        engine.resolve_config(TOY, ["task=toy_regresion"])
+    with pytest.raises(UserError, match="'data.n_trian'"):
+        engine.resolve_config(TOY, ["data.n_trian=3"])
+    with pytest.raises(UserError, match="unknown logger"):
+        _train(tmp_path, "logger.backends=[nosuch]")
+
+
+def test_tensorboard_and_mlflow_loggers(tmp_path):
+    pytest.importorskip("mlflow")
+    run = _train(tmp_path, "trainer.max_epochs=1", "logger.backends=[csv,tensorboard,mlflow]")
+    assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlflow.db").stat().st_size > 0
+
+
+def test_ddp_two_cpu_processes_equal_params(tmp_path):
+    """`devices=2 strategy=ddp` on CPU (gloo): two processes, one optimizer step, identical parameters on both ranks."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.pop(engine.RUN_DIR_ENV, None)
+    cmd = [
+        sys.executable, "-m", "modalbridge", "train", str(TOY), f"run_root={tmp_path}", *QUIET,
+        "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+        "data.dump_params_per_rank=true", "data.batch_size=16",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "toy").iterdir()
+    r0, r1 = load_file(str(run / "params_rank0.safetensors")), load_file(str(run / "params_rank1.safetensors"))
+    init = engine.TASKS.get_entry("toy_regression")(engine.resolve_config(TOY, [])).build_module  # noqa: F841
+    for k in r0:
+        torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=k)
+    torch.manual_seed(0)
+    fresh = engine.resolve_config(TOY, [])
+    assert fresh.seed == 0
+    # one step was really taken: the final weights differ from the seeded initial weights
+    import lightning.pytorch as pl
+
+    pl.seed_everything(0, verbose=False)
+    init_model = engine.TASKS.get_entry("toy_regression")(fresh).build_module().model
+    assert any(not torch.equal(init_model.state_dict()[k], r0[k]) for k in r0)
