@@ -144,7 +144,8 @@ def test_class_mentions_and_f1_on_hand_made_examples():
     assert class_mentions("two pairs of trousers above ankle boots") == {1, 9}
     assert class_mentions("a sweater, a pullover and two dresses") == {2, 3}
     assert class_mentions("a blue handbag") == set()  # only whole words count
-    scores = class_mention_f1(["a red t-shirt and a shirt", "two dresses"], [[0], [Item(3, "red", "small", 0, 0, 0), 8]])
+    truths = [[0], [Item(3, "red", "small", 0, 0, 0), 8]]
+    scores = class_mention_f1(["a red t-shirt and a shirt", "two dresses"], truths)
     # image 1: t-shirt right, shirt wrong; image 2: dress right, bag missed -> tp 2, fp 1, fn 1
     assert scores == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3})
     assert class_mention_f1(["a coat"], [[2]])["f1"] == 0.0
