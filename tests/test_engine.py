@@ -142,3 +142,17 @@ def test_ddp_two_cpu_processes_equal_params(tmp_path):
     pl.seed_everything(0, verbose=False)
     init_model = engine.TASKS.get_entry("toy_regression")(fresh).build_module().model
     assert any(not torch.equal(init_model.state_dict()[k], r0[k]) for k in r0)
+
+
+def test_wandb_offline_logger(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run = _train(tmp_path, "trainer.max_epochs=1", "logger.backends=[wandb]")
+    assert list((run / "wandb").glob("offline-run-*")), list(run.iterdir())
+
+
+def test_missing_tracking_package_is_clear(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "_has", lambda module: False)
+    with pytest.raises(UserError, match=r"needs the mlflow package: pip install 'modalbridge\[track\]'"):
+        _train(tmp_path, "logger.backends=[mlflow]")
