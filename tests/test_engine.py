@@ -156,3 +156,12 @@ def test_missing_tracking_package_is_clear(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "_has", lambda module: False)
     with pytest.raises(UserError, match=r"needs the mlflow package: pip install 'modalbridge\[track\]'"):
         _train(tmp_path, "logger.backends=[mlflow]")
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path):
+    run = _train(tmp_path, "trainer.max_epochs=1", "trainer.precision=bf16-mixed")
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["trainer"]["precision"] == "bf16-mixed"
+    assert all(v.dtype == torch.float32 for v in _weights(run).values())  # master weights stay fp32
+    with pytest.raises(UserError, match="precision"):
+        engine.resolve_config(TOY, ["trainer.precision=8"])
