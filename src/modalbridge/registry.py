@@ -49,6 +49,7 @@ TASKS = Registry("task")
 # directory or a config can name any of them.
 BUILTIN_MODULES = [
     "modalbridge.training.toy",
+    "modalbridge.generators.biggan",
 ]
 
 

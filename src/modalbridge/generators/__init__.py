@@ -1,0 +1,1 @@
+"""Class-conditional image generators (BigGAN-deep) and ``load_generator``."""
