@@ -1,0 +1,133 @@
+"""Mappers: every registered head x loss trains on a tiny config; in-span stays in the hull; metrics; save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modalbridge import checkpoint
+from modalbridge.errors import UserError
+from modalbridge.t2i.mapper import (
+    LOSSES,
+    MAPPERS,
+    MapperConfig,
+    T2IMapper,
+    dense_weights,
+    retrieval_metrics,
+)
+
+K, E, H = 6, 16, 32
+
+
+def tiny(kind: str, loss: str = "cosine", seed: int = 0) -> T2IMapper:
+    torch.manual_seed(seed)
+    cfg = MapperConfig(kind=kind, loss=loss, text_hidden=H, embed_dim=E, num_classes=K, hidden=32, dropout=0.0)
+    return T2IMapper(cfg, table=torch.randn(K, E))
+
+
+def batch(b: int = 8, t: int = 7, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    states = torch.randn(b, t, H, generator=g)
+    lengths = torch.randint(2, t + 1, (b,), generator=g)
+    mask = torch.arange(t)[None] < lengths[:, None]
+    states = states * mask[..., None]
+    labels = torch.arange(b) % K
+    return states, mask, torch.nn.functional.one_hot(labels, K).float()
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("kind", sorted(MAPPERS))
+def test_every_mapper_forward_backward_and_learns(kind, loss):
+    model = tiny(kind, loss)
+    states, mask, w = batch()
+    out = model(states, mask)
+    assert out.loss is None and out.embedding.shape == (8, E) and out.logits.shape == (8, K)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    first = None
+    for _ in range(15):
+        out = model(states, mask, w)
+        assert torch.isfinite(out.loss)
+        opt.zero_grad()
+        out.loss.backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        opt.step()
+        first = first if first is not None else out.loss.item()
+    assert out.loss.item() < first  # it learns something on a memorisable batch
+    assert not any(p.requires_grad for p in model.buffers())
+
+
+def test_padding_does_not_change_the_output():
+    for kind in sorted(MAPPERS):
+        model = tiny(kind).eval()
+        states, mask, _ = batch(b=1, t=7)
+        n = int(mask.sum())
+        padded = torch.cat([states, torch.randn(1, 3, H)], dim=1)  # garbage beyond the mask
+        padded_mask = torch.cat([mask, torch.zeros(1, 3, dtype=torch.bool)], dim=1)
+        a = model(states[:, :n], mask[:, :n]).embedding
+        b = model(padded, padded_mask).embedding
+        torch.testing.assert_close(a, b, msg=kind)
+
+
+def test_inspan_output_is_a_convex_combination_of_the_table():
+    model = tiny("inspan").eval()
+    states, mask, _ = batch(b=16)
+    out = model(states * 50, mask)  # large inputs: peaked softmax, still in the hull
+    p = torch.softmax(out.logits, -1)
+    assert torch.all(p >= 0)
+    torch.testing.assert_close(p.sum(-1), torch.ones(16))
+    torch.testing.assert_close(out.embedding, p @ model.table)
+    # The hull's support function bounds the output in every direction.
+    dirs = torch.randn(64, E)
+    proj_out, proj_table = out.embedding @ dirs.t(), model.table @ dirs.t()  # (B, 64), (K, 64)
+    assert torch.all(proj_out <= proj_table.max(0).values + 1e-5)
+    assert torch.all(proj_out >= proj_table.min(0).values - 1e-5)
+    # A free head is not confined to the hull.
+    free = tiny("mlp", loss="mse")
+    with torch.no_grad():
+        free.head.mlp[-1].bias.fill_(100.0)
+    assert (free(states, mask).embedding @ dirs.t()).max() > proj_table.max()
+
+
+def test_scale_free_losses_keep_table_norm():
+    model = tiny("attention", loss="cosine").eval()
+    states, mask, _ = batch()
+    norms = model(states, mask).embedding.norm(dim=-1)
+    torch.testing.assert_close(norms, torch.full_like(norms, model.table.norm(dim=-1).mean().item()))
+
+
+def test_mixture_targets_and_metrics():
+    w = dense_weights([[1], [2, 4], [0, 3]], [[1.0], [1.0, 1.0], [3.0, 1.0]], K)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3))
+    assert w[1, 2] == w[1, 4] == 0.5 and w[2, 0] == 0.75
+    table = torch.eye(K, E)
+    emb = torch.stack([table[1], table[4] * 2, table[3]])  # hit, hit (either of a tie), miss (3 is minor)
+    m = retrieval_metrics(emb, w, table)
+    assert m["top1"].item() == pytest.approx(2 / 3)
+    assert m["top5"].item() == 1.0
+    perfect = retrieval_metrics(w @ table, w, table)
+    assert perfect["mse"].item() == 0 and perfect["cosine"].item() == pytest.approx(1.0)
+    with pytest.raises(UserError, match="out of range"):
+        dense_weights([[K]], [[1.0]], K)
+
+
+def test_contrastive_loss_is_soft_cross_entropy_over_the_table():
+    model = tiny("inspan", loss="contrastive")
+    emb = model.table[[0, 1]].clone()
+    w = torch.nn.functional.one_hot(torch.tensor([0, 1]), K).float()
+    right = model.loss(emb, w)
+    wrong = model.loss(emb, w.flip(0))
+    assert right < wrong
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = tiny("inspan").eval()
+    states, mask, _ = batch()
+    checkpoint.save(model, tmp_path / "m", vocab=[{"index": i, "label": f"c{i}"} for i in range(K)])
+    loaded = checkpoint.load(tmp_path / "m", expected="t2i_mapper")
+    torch.testing.assert_close(loaded.table, model.table)
+    torch.testing.assert_close(loaded(states, mask).embedding, model(states, mask).embedding)
+    with pytest.raises(UserError, match="unknown mapper kind"):
+        from modalbridge.config import from_dict
+
+        from_dict(MapperConfig, {"kind": "nope"})
