@@ -1,0 +1,1 @@
+"""Web demo (Gradio) and JSON API over the text -> image and image -> text pipelines: ``modalbridge serve``."""

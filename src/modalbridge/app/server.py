@@ -1,0 +1,565 @@
+"""``modalbridge serve``: a Gradio demo and a JSON API on one FastAPI app, over pipeline objects loaded once.
+
+Routes (the Gradio UI is mounted at ``/``; Gradio's own endpoints live under ``/gradio_api``):
+    GET  /api/health   -> {"ok": true, "draw": bool, "caption": bool, "limits": {...}}
+    POST /api/draw     JSON {"text", "n", "seed", "truncation"} -> {"images": [base64 PNG], "classes": [...]}
+    POST /api/caption  multipart field ``image`` (+ optional ``beam``) -> {"caption", "logprob"}
+Every error is JSON ``{"error": "..."}``: 4xx for bad input, 503 when the queue is full, 500 (no traceback) otherwise.
+
+Limits (``Limits``): request body and upload bytes, image pixels (checked from the header, before decoding),
+text length, images per request, beam size. Model calls go through one ``Gate`` per pipeline: at most ``workers``
+calls run (the pipelines share one model object each, and Hugging Face fast tokenizers are not thread-safe), at most
+``queue`` more wait, each for at most ``queue_timeout`` seconds; beyond that the answer is 503. The UI tabs go
+through the same gates, so the UI and the API cannot overload the models together.
+
+Uploads are read into memory. The API never writes them to disk. Gradio's UI upload route always writes a file
+into Gradio's upload folder; ``serve`` points that folder (``GRADIO_TEMP_DIR``) at a private temporary directory,
+the caption tab deletes each upload right after reading it, ``delete_cache`` sweeps what Gradio itself cached
+(rendered output images) every minute, and the whole directory is removed when the server stops.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no version check
+
+import anyio  # noqa: E402
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from PIL import Image  # noqa: E402
+from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+
+from modalbridge.errors import UserError  # noqa: E402
+
+log = logging.getLogger("modalbridge.app")
+
+
+@dataclass
+class Limits:
+    """What one request may ask for, and how many requests may run or wait."""
+
+    max_upload_bytes: int = 10 * 2**20  # one uploaded image file (the API body may add a little multipart framing)
+    max_json_bytes: int = 64 * 2**10
+    max_pixels: int = 25_000_000  # width * height, read from the image header before any decoding
+    max_text_chars: int = 300
+    max_images: int = 8
+    max_beam: int = 10
+    workers: int = 1  # model calls running at once, per pipeline
+    queue: int = 64  # requests allowed to wait, per pipeline
+    queue_timeout: float = 60.0  # seconds a request may wait for a worker
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Busy(ApiError):
+    def __init__(self, what: str):
+        super().__init__(503, f"the {what} queue is full; try again in a moment")
+
+
+class Gate:
+    """Bounded admission: ``workers`` calls run, up to ``queue`` wait (each at most ``timeout`` s), the rest -> Busy.
+
+    It lives on the server's event loop, so waiting requests hold no threads; the model call itself runs in a
+    worker thread (``anyio.to_thread``) so the loop keeps serving the UI and other requests.
+    """
+
+    def __init__(self, name: str, workers: int, queue: int, timeout: float):
+        self.name, self.capacity, self.timeout = name, workers + queue, timeout
+        self._sem = anyio.Semaphore(workers)
+        self.pending = 0  # running + waiting; only touched on the event loop
+
+    async def run(self, fn: Callable, *args, **kwargs) -> Any:
+        if self.pending >= self.capacity:
+            raise Busy(self.name)
+        self.pending += 1
+        try:
+            try:
+                with anyio.fail_after(self.timeout):
+                    await self._sem.acquire()
+            except TimeoutError:
+                raise Busy(self.name) from None
+            try:
+                return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+            finally:
+                self._sem.release()
+        finally:
+            self.pending -= 1
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _int(payload: dict, key: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = payload.get(key, default)
+    if value is None or value == default:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ApiError(400, f"'{key}' must be an integer from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def check_draw_args(payload: Any, limits: Limits) -> dict:
+    """The JSON body of /api/draw -> keyword arguments for ``Pipeline.draw`` (only those the client gave)."""
+    if not isinstance(payload, dict):
+        raise ApiError(400, 'the body must be a JSON object like {"text": "a red bird", "n": 2}')
+    unknown = sorted(set(payload) - {"text", "n", "seed", "truncation"})
+    if unknown:
+        raise ApiError(400, f"unknown field '{unknown[0]}'; fields are text, n, seed, truncation")
+    text = payload.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "'text' must be a non-empty string")
+    if len(text) > limits.max_text_chars:
+        raise ApiError(413, f"'text' has {len(text)} characters; the limit is {limits.max_text_chars}")
+    args: dict = {"text": text.strip(), "n": _int(payload, "n", 1, 1, limits.max_images)}
+    if payload.get("seed") is not None:
+        args["seed"] = _int(payload, "seed", None, 0, 2**32 - 1)
+    if payload.get("truncation") is not None:
+        t = payload["truncation"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+            raise ApiError(400, f"'truncation' must be a number in (0, 1], got {t!r}")
+        args["truncation"] = float(t)
+    return args
+
+
+def open_image(data: bytes, limits: Limits) -> Image.Image:
+    """Uploaded bytes -> RGB image; the pixel cap is checked from the header, before the pixels are decoded."""
+    if not data:
+        raise ApiError(400, "the uploaded image is empty")
+    if len(data) > limits.max_upload_bytes:
+        raise ApiError(413, f"the image has {len(data)} bytes; the limit is {limits.max_upload_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            w, h = probe.size
+    except (Image.UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise ApiError(400, "the upload is not an image that can be read (PNG, JPEG, GIF, WebP, BMP ...)") from None
+    if w * h > limits.max_pixels:
+        raise ApiError(413, f"the image is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}")
+    try:  # TEMP until modalbridge.vision.io lands
+        from modalbridge.vision.io import load_image
+    except ImportError:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    return load_image(data)
+
+
+def png_base64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# --------------------------------------------------------------------------------------------- services
+class Services:
+    """The loaded pipelines, their gates and limits; both the JSON API and the UI call these methods."""
+
+    def __init__(self, drawer: Any | None, captioner: Any | None, limits: Limits | None = None):
+        self.drawer, self.captioner, self.limits = drawer, captioner, limits or Limits()
+        lim = self.limits
+        self.draw_gate = Gate("draw", lim.workers, lim.queue, lim.queue_timeout)
+        self.caption_gate = Gate("caption", lim.workers, lim.queue, lim.queue_timeout)
+
+    async def draw(self, args: dict, slideshow: bool = False) -> Any:
+        if self.drawer is None:
+            raise ApiError(503, "no text -> image model is loaded in this server")
+        return await self.draw_gate.run(self.drawer.draw, **args)
+
+    async def caption(self, image: Image.Image, beam: int | None = None) -> dict:
+        if self.captioner is None:
+            raise ApiError(503, "no image -> text model is loaded in this server")
+        kwargs = {} if beam is None else {"beam": beam}
+        results = await self.caption_gate.run(self.captioner.caption, [image], **kwargs)
+        return results[0]
+
+
+def draw_json(result: Any) -> dict:
+    return {
+        "images": [png_base64(im) for im in result.images],
+        "classes": [
+            {"label": str(c["label"]), "wnid": str(c["wnid"]), "score": float(c["score"])} for c in result.classes
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- JSON API
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": " ".join(str(message).split()) or "error"}, status_code=status, headers=headers)
+
+
+async def _guarded(coro) -> JSONResponse:
+    """Every API answer is JSON; bad input is a 4xx, an unexpected failure a 500 without a traceback."""
+    try:
+        return JSONResponse(await coro)
+    except ApiError as e:
+        return _error(e.status, str(e))
+    except UserError as e:
+        return _error(400, str(e))
+    except Exception as e:  # noqa: BLE001 - the traceback goes to the server log, never to the client
+        log.exception("unexpected error in %s", getattr(coro, "__name__", "request"))
+        return _error(500, f"internal error ({type(e).__name__}); see the server log")
+
+
+async def read_body(request: Request, cap: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it (or its declared length) exceeds ``cap`` bytes."""
+    declared = request.headers.get("content-length")
+    too_big = ApiError(413, f"the request is larger than the limit of {what}")
+    if declared is not None and (not declared.isdigit() or int(declared) > cap):
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart/form-data body, already in memory -> {field: (filename or None, bytes)}; nothing on disk."""
+    ctype, params = parse_options_header(content_type)
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise ApiError(415, "send the image as multipart/form-data with a file field named 'image'")
+    parts: dict[str, tuple[str | None, bytes]] = {}
+    cur: dict = {}
+    state = {"field": b"", "value": b"", "ended": False}
+
+    def on_part_begin():
+        cur.clear()
+        cur.update(headers={}, data=bytearray())
+
+    def on_header_end():
+        cur["headers"][state["field"].lower()] = state["value"]
+        state["field"] = state["value"] = b""
+
+    def on_part_end():
+        _, opts = parse_options_header(cur["headers"].get(b"content-disposition", b""))
+        name = opts.get(b"name", b"").decode("utf-8", "replace")
+        filename = opts[b"filename"].decode("utf-8", "replace") if b"filename" in opts else None
+        if len(parts) >= 8 or name in parts:
+            raise ApiError(400, "too many or repeated form fields; send one 'image' and optionally 'beam'")
+        parts[name] = (filename, bytes(cur["data"]))
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_part_data": lambda d, s, e: cur["data"].extend(d[s:e]),
+        "on_part_end": on_part_end,
+        "on_header_field": lambda d, s, e: state.__setitem__("field", state["field"] + d[s:e]),
+        "on_header_value": lambda d, s, e: state.__setitem__("value", state["value"] + d[s:e]),
+        "on_header_end": on_header_end,
+        "on_end": lambda: state.__setitem__("ended", True),
+    }
+    try:
+        parser = MultipartParser(params[b"boundary"], callbacks)
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as e:
+        raise ApiError(400, f"malformed multipart body ({e})") from None
+    if not state["ended"]:
+        raise ApiError(400, "malformed multipart body (it ends before the closing boundary)")
+    return parts
+
+
+def add_api(app: FastAPI, services: Services) -> None:
+    lim = services.limits
+
+    @app.get("/api/health")
+    async def health():
+        return {"ok": True, "draw": services.drawer is not None, "caption": services.captioner is not None,
+                "limits": asdict(lim)}
+
+    async def draw(request: Request) -> dict:
+        body = await read_body(request, lim.max_json_bytes, f"{lim.max_json_bytes} bytes")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the body is not valid JSON ({e})") from None
+        return draw_json(await services.draw(check_draw_args(payload, lim)))
+
+    async def caption(request: Request) -> dict:
+        framing = 16 * 2**10  # room for the multipart boundaries, headers and the beam field
+        body = await read_body(request, lim.max_upload_bytes + framing, f"{lim.max_upload_bytes} bytes per image")
+        parts = parse_multipart(request.headers.get("content-type", ""), body)
+        if "image" not in parts or parts["image"][0] is None:
+            raise ApiError(400, "missing the file field 'image'")
+        beam = parts.get("beam", (None, b""))[1].decode("utf-8", "replace").strip() or None
+        beam = _int({"beam": beam}, "beam", None, 1, lim.max_beam)
+        image = open_image(parts["image"][1], lim)
+        result = await services.caption(image, beam)
+        return {"caption": str(result["caption"]), "logprob": float(result["logprob"])}
+
+    @app.post("/api/draw")
+    async def api_draw(request: Request):
+        return await _guarded(draw(request))
+
+    @app.post("/api/caption")
+    async def api_caption(request: Request):
+        return await _guarded(caption(request))
+
+    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def unknown(rest: str):
+        if rest in ("draw", "caption"):
+            return _error(405, f"use POST for /api/{rest}")
+        return _error(404, f"no API route /api/{rest}; routes are /api/draw, /api/caption, /api/health")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        return _error(exc.status_code, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc):
+        return _error(422, "invalid request")
+
+    @app.exception_handler(Exception)
+    async def any_error(request, exc):
+        log.error("unexpected %s: %s", type(exc).__name__, exc)
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+# ---------------------------------------------------------------------------------------------------- UI
+def attention_overlays(image: Image.Image, words: list[str], attention: Any, size: int = 224) -> list:
+    """One heat map per word: the image dimmed where the decoder did not look, tinted warm where it did.
+
+    ``attention`` is ``(T, P)`` over a square grid of P regions (Show, Attend and Tell, eq. 4-5); models without
+    spatial attention give no maps.
+    """
+    if attention is None:
+        return []
+    base = image.convert("RGB")
+    base.thumbnail((size, size))
+    rgb = np.asarray(base, dtype=np.float32) / 255  # (H, W, 3)
+    maps = []
+    for word, att in zip(words, attention, strict=False):
+        a = np.asarray(att, dtype=np.float32).reshape(-1)  # (P,)
+        side = math.isqrt(a.size)
+        if a.size == 0 or side * side != a.size:
+            continue
+        a = (a - a.min()) / (np.ptp(a) + 1e-8)
+        grid = Image.fromarray((a.reshape(side, side) * 255).astype(np.uint8))
+        heat = np.asarray(grid.resize(base.size, Image.BICUBIC), dtype=np.float32)[..., None] / 255  # (H, W, 1)
+        warm = np.concatenate([np.ones_like(heat), 0.55 * heat, 0.1 * np.ones_like(heat)], -1)  # (H, W, 3)
+        mix = rgb * (0.25 + 0.75 * heat) * 0.65 + warm * heat * 0.35
+        maps.append((Image.fromarray((mix.clip(0, 1) * 255).astype(np.uint8)), word))
+    return maps
+
+
+def _take_upload(path: str | None, limits: Limits) -> bytes:
+    """Read a Gradio upload into memory and delete the file (and its folder) from Gradio's upload directory."""
+    if not path:
+        raise gr.Error("Upload an image first.")
+    file = Path(path)
+    try:
+        if file.stat().st_size > limits.max_upload_bytes:
+            raise gr.Error(f"The image is larger than {limits.max_upload_bytes} bytes.")
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise gr.Error("The upload has expired; upload the image again.") from None
+    finally:
+        root = Path(gr.utils.get_upload_folder()).resolve()
+        if file.resolve().is_relative_to(root):
+            file.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                file.parent.rmdir()
+
+
+def _ui_errors(fn):
+    """Bad input and busy queues become a Gradio error toast with the message; anything else a generic one."""
+
+    async def wrapper(*args):
+        try:
+            return await fn(*args)
+        except gr.Error:
+            raise
+        except (ApiError, UserError) as e:
+            raise gr.Error(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the traceback goes to the server log only
+            log.exception("unexpected error in the UI")
+            raise gr.Error(f"Internal error ({type(e).__name__}); see the server log.") from None
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def build_ui(services: Services) -> gr.Blocks:
+    """The two tabs over ``services``; no model is touched while the page is built."""
+    lim = services.limits
+
+    @_ui_errors
+    async def ui_draw(text, n, seed, truncation, slideshow):
+        args = check_draw_args({"text": text or "", "n": int(n), "seed": None if seed is None else int(seed),
+                                "truncation": float(truncation)}, lim)
+        result = await services.draw(args)
+        images = [(im, f"#{i + 1}") for i, im in enumerate(result.images)]
+        classes = {f"{c['label']} ({c['wnid']})": float(c["score"]) for c in result.classes}
+        return images, classes, ""
+
+    @_ui_errors
+    async def ui_upload(path, beam):
+        data = _take_upload(path, lim)
+        return (data, *await caption_bytes(data, beam))
+
+    @_ui_errors
+    async def ui_caption(data, beam):
+        if not data:
+            raise gr.Error("Upload an image first.")
+        return await caption_bytes(data, beam)
+
+    async def caption_bytes(data: bytes, beam) -> tuple:
+        image = open_image(data, lim)
+        result = await services.caption(image, int(beam))
+        words = result.get("words") or str(result["caption"]).split()
+        maps = attention_overlays(image, words, result.get("attention"))
+        return result["caption"], f"{float(result['logprob']):.3f}", [(image, "input"), *maps]
+
+    with gr.Blocks(title="modalbridge", delete_cache=(60, 600)) as demo:
+        gr.Markdown("## modalbridge\nSmall learned bridges between frozen pretrained models: "
+                    "**text → image** and **image → text**. The same models answer `POST /api/draw` and "
+                    "`POST /api/caption`.")
+        with gr.Tab("Draw"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    text = gr.Textbox(label="Text", placeholder="a goldfish in a bowl", max_length=lim.max_text_chars,
+                                      elem_id="draw-text")
+                    n = gr.Slider(1, lim.max_images, value=min(4, lim.max_images), step=1, label="Number of images",
+                                  elem_id="draw-n")
+                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="draw-seed")
+                    truncation = gr.Slider(0.02, 1.0, value=0.4, step=0.02, label="Truncation",
+                                           elem_id="draw-truncation")
+                    slideshow = gr.Checkbox(label="Per-token slideshow (GIF)", elem_id="draw-slideshow")
+                    draw_btn = gr.Button("Draw", variant="primary", elem_id="draw-button")
+                with gr.Column(scale=2):
+                    gallery = gr.Gallery(label="Images", columns=4, height="auto", elem_id="draw-images")
+                    classes = gr.Label(label="Top-5 classes", num_top_classes=5, elem_id="draw-classes")
+                    gif = gr.HTML(elem_id="draw-gif")
+            inputs, outputs = [text, n, seed, truncation, slideshow], [gallery, classes, gif]
+            draw_btn.click(ui_draw, inputs, outputs, api_visibility="private")
+            text.submit(ui_draw, inputs, outputs, api_visibility="private")
+        with gr.Tab("Caption"):
+            upload_bytes = gr.State(None, time_to_live=600)  # the upload, in memory, for this browser session
+            with gr.Row():
+                with gr.Column(scale=1):
+                    image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                     elem_id="caption-image")
+                    beam = gr.Slider(1, lim.max_beam, value=min(3, lim.max_beam), step=1, label="Beam size",
+                                     elem_id="caption-beam")
+                    caption_btn = gr.Button("Caption", variant="primary", elem_id="caption-button")
+                with gr.Column(scale=2):
+                    caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption-text")
+                    logprob = gr.Textbox(label="Log-probability", interactive=False, elem_id="caption-logprob")
+                    heat = gr.Gallery(label="Attention per word", columns=5, height="auto", elem_id="caption-attention")
+            image.upload(ui_upload, [image, beam], [upload_bytes, caption, logprob, heat], api_visibility="private")
+            caption_btn.click(ui_caption, [upload_bytes, beam], [caption, logprob, heat], api_visibility="private")
+    demo.queue(max_size=lim.queue, default_concurrency_limit=lim.workers + 1)
+    return demo
+
+
+# ---------------------------------------------------------------------------------------------------- app
+def build_app(drawer: Any | None, captioner: Any | None, limits: Limits | None = None) -> FastAPI:
+    """The FastAPI app: JSON API under /api, the Gradio UI at /. Pipelines are loaded by the caller, once."""
+    services = Services(drawer, captioner, limits)
+    app = FastAPI(title="modalbridge", docs_url=None, redoc_url=None, openapi_url=None)
+    add_api(app, services)
+    app.state.services = services
+    return gr.mount_gradio_app(
+        app, build_ui(services), path="/", max_file_size=services.limits.max_upload_bytes, footer_links=[],
+        run_history=False, ssr_mode=False, mcp_server=False, enable_monitoring=False, pwa=False, show_error=False,
+    )
+
+
+def load_services(model_t2i: str | None = None, model_caption: str | None = None) -> tuple[Any, Any]:
+    """Load both pipelines once (None = the embedded offline defaults)."""
+    from modalbridge.captioning.pipeline import load_captioner
+    from modalbridge.t2i.pipeline import load_pipeline
+
+    return load_pipeline(model_t2i), load_captioner(model_caption)
+
+
+@contextlib.contextmanager
+def private_upload_dir() -> Iterator[Path]:
+    """Point Gradio's upload/cache folder at a fresh 0700 temp dir for the server's lifetime, then remove it."""
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    path = Path(tempfile.mkdtemp(prefix="modalbridge-gradio-"))
+    os.environ["GRADIO_TEMP_DIR"] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _server(app: FastAPI, sock: socket.socket):
+    import uvicorn
+
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    return uvicorn.Server(config)
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening socket (port 0 = a free port, with no race between finding and binding it)."""
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    return sock
+
+
+@contextlib.contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a background thread; yields its base URL and always shuts it down."""
+    sock = bind(host, port)
+    server = _server(app, sock)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="modalbridge-serve")
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the server thread stopped during start-up")
+            thread.join(0.02)
+        port = sock.getsockname()[1]
+        yield f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def serve(host: str = "127.0.0.1", port: int = 7860, model_t2i: str | None = None,
+          model_caption: str | None = None, limits: Limits | None = None, echo: Callable[[str], None] = print) -> None:
+    """Load both models, then serve the UI and the API until interrupted (Ctrl-C)."""
+    sock = bind(host, port)  # fail fast on a busy port, before the slow model loads
+    drawer, captioner = load_services(model_t2i, model_caption)
+    with private_upload_dir():
+        app = build_app(drawer, captioner, limits)
+        server = _server(app, sock)
+        echo(f"serving on http://{host}:{port}  (UI at /, API at /api/draw and /api/caption; Ctrl-C stops)")
+        try:
+            server.run(sockets=[sock])
+        finally:
+            sock.close()
