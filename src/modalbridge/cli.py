@@ -110,6 +110,24 @@ def train_cmd(
 
 
 # -------------------------------------------------------------------------------------------- serve
+@command("serve")
+def serve_cmd(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0 = all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 7860,
+    model_t2i: Annotated[
+        str | None, typer.Option("--model-t2i", help="text -> image model (name or path); default: embedded.")
+    ] = None,
+    model_caption: Annotated[
+        str | None, typer.Option("--model-caption", help="image -> text model (name or path); default: embedded.")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Model calls running at once, per model.")] = 1,
+    queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait, per model (then 503).")] = 64,
+):
+    """Web demo (Draw and Caption tabs) and JSON API (POST /api/draw, /api/caption); models load once at start."""
+    from modalbridge.app.server import Limits, serve
+
+    serve(host, port, model_t2i, model_caption, Limits(workers=workers, queue=queue), echo=typer.echo)
+
 
 
 def _click_exceptions():
