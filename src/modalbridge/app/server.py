@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import html
 import io
 import json
 import logging
@@ -366,6 +367,16 @@ def attention_overlays(image: Image.Image, words: list[str], attention: Any, siz
     return maps
 
 
+def figures_html(items: list[tuple[Image.Image, str]], css_class: str = "mb-figures") -> str:
+    """Images with captions as inline ``data:`` URIs: derived from an upload, they never touch Gradio's cache."""
+    figs = "".join(
+        f'<figure style="margin:0;text-align:center"><img alt="{html.escape(cap)}" style="max-width:160px" '
+        f'src="data:image/png;base64,{png_base64(im)}"><figcaption>{html.escape(cap)}</figcaption></figure>'
+        for im, cap in items
+    )
+    return f'<div class="{css_class}" style="display:flex;flex-wrap:wrap;gap:8px">{figs}</div>'
+
+
 def _take_upload(path: str | None, limits: Limits) -> bytes:
     """Read a Gradio upload into memory and delete the file (and its folder) from Gradio's upload directory."""
     if not path:
@@ -432,7 +443,8 @@ def build_ui(services: Services) -> gr.Blocks:
         result = await services.caption(image, int(beam))
         words = result.get("words") or str(result["caption"]).split()
         maps = attention_overlays(image, words, result.get("attention"))
-        return result["caption"], f"{float(result['logprob']):.3f}", [(image, "input"), *maps]
+        note = "" if maps else "<p>This model has no per-word spatial attention to show.</p>"
+        return result["caption"], f"{float(result['logprob']):.3f}", figures_html(maps) + note
 
     with gr.Blocks(title="modalbridge", delete_cache=(60, 600)) as demo:
         gr.Markdown("## modalbridge\nSmall learned bridges between frozen pretrained models: "
@@ -469,7 +481,7 @@ def build_ui(services: Services) -> gr.Blocks:
                 with gr.Column(scale=2):
                     caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption-text")
                     logprob = gr.Textbox(label="Log-probability", interactive=False, elem_id="caption-logprob")
-                    heat = gr.Gallery(label="Attention per word", columns=5, height="auto", elem_id="caption-attention")
+                    heat = gr.HTML(label="Attention per word", elem_id="caption-attention")
             image.upload(ui_upload, [image, beam], [upload_bytes, caption, logprob, heat], api_visibility="private")
             caption_btn.click(ui_caption, [upload_bytes, beam], [caption, logprob, heat], api_visibility="private")
     demo.queue(max_size=lim.queue, default_concurrency_limit=lim.workers + 1)
