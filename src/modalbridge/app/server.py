@@ -112,9 +112,9 @@ class Gate:
 
 # ------------------------------------------------------------------------------------------ validation
 def _int(payload: dict, key: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = payload.get(key, default)
-    if value is None or value == default:
-        return value
+    value = payload.get(key)
+    if value is None:
+        return default
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():

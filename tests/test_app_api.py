@@ -1,0 +1,262 @@
+"""JSON API of ``modalbridge serve``: a real uvicorn server on 127.0.0.1 (a free port) over tiny pipelines."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from modalbridge.app import server as srv
+from modalbridge.errors import UserError
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+def tiny_pipelines(tmp_dir):
+    """Stand-ins until the real pipelines land."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Drawn:
+        images: list
+        classes: list
+
+    class Drawer:
+        def draw(self, text, n=1, seed=0, truncation=0.4):
+            if not text.strip():
+                raise UserError("empty text")
+            rng = np.random.default_rng(seed)
+            ims = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
+            return Drawn(ims, [{"label": f"c{i}", "wnid": f"n{i:08d}", "score": 0.2} for i in range(5)])
+
+    class Captioner:
+        def caption(self, images, beam=3):
+            return [{"caption": f"a thing {im.size[0]}", "logprob": -1.0 - beam, "words": ["a", "thing"],
+                     "attention": np.ones((2, 49))} for im in images]
+
+    return Drawer(), Captioner()
+
+
+def png_bytes(size=(40, 30), color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+LIMITS = srv.Limits(max_upload_bytes=200_000, max_pixels=300 * 300, max_text_chars=100, max_images=4, max_beam=5)
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    return tiny_pipelines(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def server(pipelines):
+    with srv.private_upload_dir() as upload_dir, srv.running(srv.build_app(*pipelines, LIMITS)) as url:
+        yield url, upload_dir
+
+
+def post_image(url, data, beam=None, name="x.png"):
+    fields = {"beam": str(beam)} if beam is not None else None
+    return requests.post(f"{url}/api/caption", files={"image": (name, data, "image/png")}, data=fields, timeout=60)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+def test_draw_returns_the_pipelines_images_as_png_and_top5_classes(server, pipelines):
+    url, _ = server
+    body = {"text": "a red bird", "n": 2, "seed": 7, "truncation": 0.5}
+    r = requests.post(f"{url}/api/draw", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert set(out) == {"images", "classes"}
+    images = [Image.open(io.BytesIO(base64.b64decode(s))) for s in out["images"]]
+    assert [im.format for im in images] == ["PNG", "PNG"]
+    direct = pipelines[0].draw("a red bird", n=2, seed=7, truncation=0.5)
+    for got, want in zip(images, direct.images, strict=True):
+        assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(want.convert("RGB")))
+    assert len(out["classes"]) == 5
+    assert all(set(c) == {"label", "wnid", "score"} and isinstance(c["score"], float) for c in out["classes"])
+    other = requests.post(f"{url}/api/draw", json={**body, "seed": 8}, timeout=60).json()
+    assert other["images"] != out["images"]
+
+
+def test_caption_matches_the_library_and_leaves_no_file(server, pipelines):
+    url, upload_dir = server
+    r = post_image(url, png_bytes((40, 30)), beam=2)
+    assert r.status_code == 200, r.text
+    want = pipelines[1].caption([Image.new("RGB", (40, 30), (200, 30, 30))], beam=2)[0]
+    assert r.json() == {"caption": want["caption"], "logprob": pytest.approx(float(want["logprob"]), abs=1e-4)}
+    assert not [p for p in upload_dir.rglob("*") if p.is_file()]
+
+
+def test_32_concurrent_captions_are_all_answered(server):
+    url, _ = server
+    data = png_bytes((48, 48))
+    start = time.perf_counter()
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda _: post_image(url, data), range(32)))
+    wall = time.perf_counter() - start
+    assert [a.status_code for a in answers] == [200] * 32
+    assert len({a.json()["caption"] for a in answers}) == 1
+    print(f"32 concurrent /api/caption requests: {wall:.2f} s wall")
+
+
+def _big_png() -> bytes:
+    return png_bytes((400, 400))  # 160,000 pixels > LIMITS.max_pixels, but a few hundred bytes
+
+
+@pytest.mark.parametrize(
+    "route, kwargs, status",
+    [
+        ("draw", {"data": b"{not json"}, 400),
+        ("draw", {"json": ["a", "list"]}, 400),
+        ("draw", {"json": {"n": 2}}, 400),
+        ("draw", {"json": {"text": "   "}}, 400),
+        ("draw", {"json": {"text": "x" * 101}}, 413),
+        ("draw", {"json": {"text": "a cat", "n": 0}}, 400),
+        ("draw", {"json": {"text": "a cat", "n": 5}}, 400),
+        ("draw", {"json": {"text": "a cat", "n": True}}, 400),
+        ("draw", {"json": {"text": "a cat", "truncation": 2}}, 400),
+        ("draw", {"json": {"text": "a cat", "seed": -1}}, 400),
+        ("draw", {"json": {"text": "a cat", "colour": "red"}}, 400),
+        ("draw", {"data": b"x" * 70_000}, 413),
+        ("caption", {"files": {"image": ("x.png", b"not an image", "image/png")}}, 400),
+        ("caption", {"files": {"image": ("x.png", b"", "image/png")}}, 400),
+        ("caption", {"files": {"image": ("x.png", b"\x89PNG" + b"0" * 250_000, "image/png")}}, 413),
+        ("caption", {"files": {"image": ("x.png", _big_png(), "image/png")}}, 413),
+        ("caption", {"files": {"picture": ("x.png", png_bytes(), "image/png")}}, 400),
+        ("caption", {"files": {"image": ("x.png", png_bytes(), "image/png")}, "data": {"beam": "0"}}, 400),
+        ("caption", {"files": {"image": ("x.png", png_bytes(), "image/png")}, "data": {"beam": "six"}}, 400),
+        ("caption", {"data": b"raw bytes", "headers": {"Content-Type": "image/png"}}, 415),
+        (
+            "caption",
+            {"data": b"--b\r\nContent-Disposition: form-data; name=\"image\"",
+             "headers": {"Content-Type": "multipart/form-data; boundary=b"}},
+            400,
+        ),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_one_json_error(server, route, kwargs, status):
+    url, _ = server
+    r = requests.post(f"{url}/api/{route}", timeout=60, **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and body["error"] and "Traceback" not in r.text
+
+
+def test_wrong_method_and_unknown_route_are_json(server):
+    url, _ = server
+    r = requests.get(f"{url}/api/draw", timeout=10)
+    assert (r.status_code, set(r.json())) == (405, {"error"})
+    r = requests.post(f"{url}/api/paint", json={}, timeout=10)
+    assert (r.status_code, set(r.json())) == (404, {"error"})
+    health = requests.get(f"{url}/api/health", timeout=10).json()
+    assert health["ok"] and health["draw"] and health["caption"]
+
+
+class _Blocking:
+    """Wraps a captioner: the first call waits until ``release`` is set (holds the only worker)."""
+
+    def __init__(self, inner):
+        self.inner, self.entered, self.release = inner, threading.Event(), threading.Event()
+
+    def caption(self, images, **kw):
+        self.entered.set()
+        assert self.release.wait(30)
+        return self.inner.caption(images, **kw)
+
+
+class _Broken:
+    def caption(self, images, **kw):
+        raise RuntimeError("secret internal detail /home/x")
+
+    def draw(self, text, **kw):
+        raise UserError("that text has no words the model knows")
+
+
+def test_full_queue_answers_503_then_recovers(pipelines):
+    blocking = _Blocking(pipelines[1])
+    limits = srv.Limits(workers=1, queue=0, queue_timeout=5)
+    with srv.running(srv.build_app(None, blocking, limits)) as url:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(post_image, url, png_bytes())
+            assert blocking.entered.wait(30)
+            busy = post_image(url, png_bytes())
+            assert busy.status_code == 503 and "queue is full" in busy.json()["error"]
+            assert busy.headers["Retry-After"] == "1"
+            no_drawer = requests.post(f"{url}/api/draw", json={"text": "a cat"}, timeout=10)
+            assert no_drawer.status_code == 503 and set(no_drawer.json()) == {"error"}
+            blocking.release.set()
+            assert first.result().status_code == 200
+        assert post_image(url, png_bytes()).status_code == 200
+
+
+def test_unexpected_failure_is_a_json_500_without_traceback_and_user_errors_are_400():
+    broken = _Broken()
+    with srv.running(srv.build_app(broken, broken, srv.Limits())) as url:
+        r = post_image(url, png_bytes())
+        assert r.status_code == 500
+        assert set(r.json()) == {"error"} and "RuntimeError" in r.json()["error"]
+        assert "secret" not in r.text and "Traceback" not in r.text
+        r = requests.post(f"{url}/api/draw", json={"text": "zzzz"}, timeout=10)
+        assert r.status_code == 400 and r.json() == {"error": "that text has no words the model knows"}
+
+
+def test_gate_bounds_running_and_waiting_calls():
+    import anyio
+
+    async def main():
+        gate = srv.Gate("test", workers=2, queue=1, timeout=0.2)
+        running, peak = 0, 0
+
+        def work():
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            time.sleep(0.05)
+            running -= 1
+            return 1
+
+        results = []
+
+        async def call():
+            try:
+                results.append(await gate.run(work))
+            except srv.Busy:
+                results.append("busy")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(call)
+        return results, peak, gate.pending
+
+    results, peak, pending = anyio.run(main)
+    assert sorted(results, key=str) == [1, 1, 1, "busy", "busy"]
+    assert peak == 2 and pending == 0
+
+
+def test_serve_command_passes_its_options(monkeypatch):
+    from typer.testing import CliRunner
+
+    from modalbridge.cli import app
+
+    seen = {}
+    monkeypatch.setattr(srv, "serve", lambda *a, **kw: seen.update(args=a))
+    r = CliRunner().invoke(app, ["serve", "--port", "0", "--model-t2i", "t2i-dir", "--model-caption", "cap-dir",
+                                 "--workers", "2", "--queue", "3"])
+    assert r.exit_code == 0, r.output
+    host, port, t2i, cap, limits = seen["args"]
+    assert (host, port, t2i, cap, limits.workers, limits.queue) == ("127.0.0.1", 0, "t2i-dir", "cap-dir", 2, 3)
+
+
+def test_serve_fails_with_one_error_line_when_the_port_is_taken():
+    with srv.bind("127.0.0.1", 0) as taken:
+        with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
+            srv.serve("127.0.0.1", taken.getsockname()[1])
