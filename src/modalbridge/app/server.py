@@ -26,7 +26,6 @@ import html
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import socket
@@ -41,7 +40,6 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 
 import anyio  # noqa: E402
 import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
@@ -341,40 +339,25 @@ def add_api(app: FastAPI, services: Services) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- UI
-def attention_overlays(image: Image.Image, words: list[str], attention: Any, size: int = 224) -> list:
-    """One heat map per word: the image dimmed where the decoder did not look, tinted warm where it did.
-
-    ``attention`` is ``(T, P)`` over a square grid of P regions (Show, Attend and Tell, eq. 4-5); models without
-    spatial attention give no maps.
-    """
-    if attention is None:
-        return []
-    base = image.convert("RGB")
-    base.thumbnail((size, size))
-    rgb = np.asarray(base, dtype=np.float32) / 255  # (H, W, 3)
-    maps = []
-    for word, att in zip(words, attention, strict=False):
-        a = np.asarray(att, dtype=np.float32).reshape(-1)  # (P,)
-        side = math.isqrt(a.size)
-        if a.size == 0 or side * side != a.size:
-            continue
-        a = (a - a.min()) / (np.ptp(a) + 1e-8)
-        grid = Image.fromarray((a.reshape(side, side) * 255).astype(np.uint8))
-        heat = np.asarray(grid.resize(base.size, Image.BICUBIC), dtype=np.float32)[..., None] / 255  # (H, W, 1)
-        warm = np.concatenate([np.ones_like(heat), 0.55 * heat, 0.1 * np.ones_like(heat)], -1)  # (H, W, 3)
-        mix = rgb * (0.25 + 0.75 * heat) * 0.65 + warm * heat * 0.35
-        maps.append((Image.fromarray((mix.clip(0, 1) * 255).astype(np.uint8)), word))
-    return maps
-
-
 def figures_html(items: list[tuple[Image.Image, str]], css_class: str = "mb-figures") -> str:
     """Images with captions as inline ``data:`` URIs: derived from an upload, they never touch Gradio's cache."""
     figs = "".join(
-        f'<figure style="margin:0;text-align:center"><img alt="{html.escape(cap)}" style="max-width:160px" '
-        f'src="data:image/png;base64,{png_base64(im)}"><figcaption>{html.escape(cap)}</figcaption></figure>'
+        f'<figure style="margin:0"><img alt="{html.escape(cap)}" title="{html.escape(cap)}" style="max-width:160px" '
+        f'src="data:image/png;base64,{png_base64(im)}"></figure>'
         for im, cap in items
     )
     return f'<div class="{css_class}" style="display:flex;flex-wrap:wrap;gap:8px">{figs}</div>'
+
+
+def attention_html(image: Image.Image, result: dict) -> str:
+    """Per-word heat maps (Show, Attend and Tell's soft attention over the image grid), or a note without them."""
+    if result.get("attention") is None:
+        return "<p>This model has no per-word spatial attention to show.</p>"
+    from modalbridge.captioning.pipeline import attention_overlay
+
+    words = result.get("words") or str(result["caption"]).split()
+    pairs = zip(words, result["attention"], strict=False)
+    return figures_html([(attention_overlay(image, word, att, size=160), word) for word, att in pairs])
 
 
 def _take_upload(path: str | None, limits: Limits) -> bytes:
@@ -441,10 +424,7 @@ def build_ui(services: Services) -> gr.Blocks:
     async def caption_bytes(data: bytes, beam) -> tuple:
         image = open_image(data, lim)
         result = await services.caption(image, int(beam))
-        words = result.get("words") or str(result["caption"]).split()
-        maps = attention_overlays(image, words, result.get("attention"))
-        note = "" if maps else "<p>This model has no per-word spatial attention to show.</p>"
-        return result["caption"], f"{float(result['logprob']):.3f}", figures_html(maps) + note
+        return result["caption"], f"{float(result['logprob']):.3f}", attention_html(image, result)
 
     with gr.Blocks(title="modalbridge", delete_cache=(60, 600)) as demo:
         gr.Markdown("## modalbridge\nSmall learned bridges between frozen pretrained models: "
@@ -481,7 +461,8 @@ def build_ui(services: Services) -> gr.Blocks:
                 with gr.Column(scale=2):
                     caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption-text")
                     logprob = gr.Textbox(label="Log-probability", interactive=False, elem_id="caption-logprob")
-                    heat = gr.HTML(label="Attention per word", elem_id="caption-attention")
+                    gr.Markdown("**Where the decoder looked, word by word**")
+                    heat = gr.HTML(elem_id="caption-attention")
             image.upload(ui_upload, [image, beam], [upload_bytes, caption, logprob, heat], api_visibility="private")
             caption_btn.click(ui_caption, [upload_bytes, beam], [caption, logprob, heat], api_visibility="private")
     demo.queue(max_size=lim.queue, default_concurrency_limit=lim.workers + 1)
