@@ -22,9 +22,13 @@ from torch import nn
 from modalbridge.errors import UserError
 from modalbridge.registry import MODELS
 
-# The published 128x128 layout: (upsample?, in multiple of ch, out multiple of ch) per residual block.
+# The published layouts: (upsample?, in multiple of ch, out multiple of ch) per residual block (paper Table 7-9);
+# attention before block 8 in all three (64x64, 4ch), which the published parameter counts confirm.
 LAYERS_128 = [(False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8),
               (True, 8, 4), (False, 4, 4), (True, 4, 2), (False, 2, 2), (True, 2, 1)]  # fmt: skip
+LAYERS_256 = LAYERS_128[:5] + [(True, 8, 8), (False, 8, 8), (True, 8, 4), (False, 4, 4), (True, 4, 2),
+                               (False, 2, 2), (True, 2, 1)]  # fmt: skip
+LAYERS_512 = LAYERS_256 + [(False, 1, 1), (True, 1, 1)]
 
 
 @dataclass
@@ -60,6 +64,14 @@ class BigGANConfig:
             raise ValueError(f"out_channels must be in 1..{self.channel_width * self.layers[-1][2]}")
         if self.n_stats < 2:
             raise ValueError("n_stats must be at least 2")
+
+    @classmethod
+    def published(cls, size: int) -> BigGANConfig:
+        """The config.json of ``huggingface/biggan-deep-<size>``, size 128, 256 or 512."""
+        layers = {128: LAYERS_128, 256: LAYERS_256, 512: LAYERS_512}
+        if size not in layers:
+            raise ValueError(f"published BigGAN-deep sizes are 128, 256, 512, not {size}")
+        return cls(output_dim=size, layers=list(layers[size]))
 
     @classmethod
     def small(cls, resolution: int = 32, channel_width: int = 16, num_classes: int = 10, out_channels: int = 1,
@@ -109,8 +121,8 @@ class SpectralNormed(nn.Module):
         self._cache: tuple | None = None
         if not self.weight_orig.is_meta:
             nn.init.orthogonal_(self.weight_orig)  # BigGAN initialises G orthogonally (paper, Sec. 4)
-            self.weight_u.copy_(F.normalize(torch.randn(shape[0]), dim=0))
             self.weight_v.copy_(F.normalize(torch.randn(self.weight_v.shape[0]), dim=0))
+            self.weight_u.copy_(F.normalize(self.weight_orig.detach().flatten(1) @ self.weight_v, dim=0))  # sigma > 0
 
     def weight(self) -> torch.Tensor:
         w, u, v = self.weight_orig, self.weight_u, self.weight_v
