@@ -160,7 +160,7 @@ def make_captions(items: Sequence[Item], rng: np.random.Generator) -> list[str]:
         caps.append(f"{_single(ordered[0])} {CELL_PHRASES[(ordered[0].row, ordered[0].col)]}")
     else:
         i, j = rng.choice(k, size=2, replace=False)
-        a, b = ordered[min(i, j)], ordered[max(i, j)]
+        a, b = ordered[i], ordered[j]  # either order: "above" and "below" both occur
         rel = relation(a, b, prefer_vertical=bool(rng.random() < 0.5))
         rest = [_single(it) for it in ordered if it is not a and it is not b]
         caps.append(f"{_single(a)} {rel} {_single(b)}" + (f", with {join_list(rest)}" if rest else ""))
