@@ -1,0 +1,277 @@
+"""Caption vocabulary: a Unicode-aware word tokenizer and a frequency-thresholded ``Vocab``.
+
+The tokenizer works for any script (Latin, Cyrillic, Greek, Arabic, Devanagari with its combining marks, CJK),
+unlike the Stanford PTB tokenizer used by coco-caption, which drops or mangles non-ASCII text. Rules:
+
+* text is NFKC-normalised (full-width letters, ligatures) and lower-cased (``str.lower``, so ``ß`` stays ``ß``);
+* a word is a run of letters, combining marks and digits, with inner apostrophes or hyphens kept
+  (``t-shirt``, ``don't``, ``по-русски``); decimal numbers stay whole (``3.5``);
+* Han, Hiragana and Katakana characters are one token each (those scripts do not separate words by spaces);
+* every other non-space character (punctuation, symbols, emoji) is a token of its own, or dropped with
+  ``punct=False`` (what caption metrics do, like coco-caption's punctuation filter).
+
+Special ids are fixed so that models, padding and decoding agree: ``<pad>=0 <bos>=1 <eos>=2 <unk>=3``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import regex
+
+from modalbridge.errors import UserError
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+_W = r"[\p{L}\p{M}\p{N}]"
+_TOKEN_RE = regex.compile(
+    r"[\p{Han}\p{Hiragana}\p{Katakana}]"  # one CJK character per token
+    rf"|\p{{N}}+(?:[.,]\p{{N}}+)+"  # 3.5, 1,000
+    rf"|{_W}+(?:['’\-]{_W}+)*"  # words with inner apostrophes / hyphens
+    r"|[^\s\p{L}\p{M}\p{N}]"  # any other visible character: punctuation, symbols, emoji
+)
+_WORDISH = regex.compile(r"[\p{L}\p{M}\p{N}]")
+_NO_SPACE_BEFORE = set(".,!?;:)]}%…»")
+_NO_SPACE_AFTER = set("([{«")
+
+
+def tokenize(text: str, lower: bool = True, punct: bool = True) -> list[str]:
+    """Split ``text`` into word and punctuation tokens (see the module docstring for the rules).
+
+    Args:
+        text: any Unicode string.
+        lower: lower-case the tokens.
+        punct: keep punctuation/symbol tokens; ``False`` keeps only tokens containing a letter or digit.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    if lower:
+        text = text.lower()
+    tokens = _TOKEN_RE.findall(text)
+    if not punct:
+        tokens = [t for t in tokens if _WORDISH.search(t)]
+    return tokens
+
+
+def detokenize(tokens: Sequence[str]) -> str:
+    """Join tokens with spaces, without a space before closing punctuation or after opening brackets."""
+    out: list[str] = []
+    for tok in tokens:
+        if out and not (tok in _NO_SPACE_BEFORE or out[-1] in _NO_SPACE_AFTER):
+            out.append(" ")
+        out.append(tok)
+    return "".join(out)
+
+
+class Vocab:
+    """Word <-> id map with fixed special tokens ``<pad>=0 <bos>=1 <eos>=2 <unk>=3``.
+
+    Build it with :meth:`build` from caption strings; store it with :meth:`to_dict` (this is what goes into a model
+    directory's ``vocab.json``) and restore it with :meth:`from_dict`.
+    """
+
+    pad_id, bos_id, eos_id, unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
+
+    def __init__(self, words: Iterable[str], lower: bool = True, min_freq: int = 1):
+        """Args:
+        words: the non-special words in id order (ids start at 4).
+        lower: whether :meth:`encode` lower-cases text (stored, so encode at test time matches training).
+        min_freq: the threshold the vocabulary was built with (kept for the record).
+        """
+        self.itos: list[str] = list(SPECIALS)
+        for w in words:
+            if w in SPECIALS:
+                continue
+            self.itos.append(w)
+        self.stoi: dict[str, int] = {}
+        for i, w in enumerate(self.itos):
+            if w in self.stoi:
+                raise UserError(f"vocabulary lists the word {w!r} twice")
+            self.stoi[w] = i
+        self.lower = lower
+        self.min_freq = min_freq
+
+    @classmethod
+    def build(
+        cls,
+        texts: Iterable[str | Sequence[str]],
+        min_freq: int = 5,
+        max_size: int | None = None,
+        lower: bool = True,
+    ) -> Vocab:
+        """Count words in ``texts`` and keep those seen at least ``min_freq`` times.
+
+        Words are ordered by count (descending), ties by the word itself, so the same corpus always gives the
+        same ids. Args:
+            texts: caption strings (tokenized with :func:`tokenize`) or already tokenized lists.
+            min_freq: minimum count (Karpathy's neuraltalk2 and Show-Attend-Tell use 5 on COCO).
+            max_size: keep at most this many words besides the specials.
+            lower: lower-case while tokenizing.
+        """
+        if min_freq < 1:
+            raise UserError(f"min_freq must be >= 1, got {min_freq}")
+        counts: Counter[str] = Counter()
+        for t in texts:
+            counts.update(tokenize(t, lower=lower) if isinstance(t, str) else t)
+        words = sorted(
+            (w for w, c in counts.items() if c >= min_freq and w not in SPECIALS), key=lambda w: (-counts[w], w)
+        )
+        if max_size is not None:
+            words = words[:max_size]
+        return cls(words, lower=lower, min_freq=min_freq)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.stoi
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.itos == other.itos and self.lower == other.lower
+
+    def __repr__(self) -> str:
+        return f"Vocab(size={len(self)}, min_freq={self.min_freq}, lower={self.lower})"
+
+    def id(self, word: str) -> int:
+        return self.stoi.get(word, UNK_ID)
+
+    def tokenize(self, text: str) -> list[str]:
+        return tokenize(text, lower=self.lower)
+
+    def encode(
+        self, text: str | Sequence[str], bos: bool = True, eos: bool = True, max_len: int | None = None
+    ) -> list[int]:
+        """Ids of ``text`` (a string or a token list); unknown words map to ``<unk>``.
+
+        Args:
+            max_len: truncate the words to this many tokens (BOS/EOS not counted), so EOS is always kept.
+        """
+        words = self.tokenize(text) if isinstance(text, str) else list(text)
+        if max_len is not None:
+            words = words[:max_len]
+        ids = [self.stoi.get(w, UNK_ID) for w in words]
+        return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
+
+    def decode_tokens(self, ids: Iterable[int], stop_at_eos: bool = True) -> list[str]:
+        """Words of ``ids``: specials except ``<unk>`` are dropped; stops at the first ``<eos>`` by default."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == EOS_ID and stop_at_eos:
+                break
+            if i in (PAD_ID, BOS_ID, EOS_ID):
+                continue
+            out.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
+        return out
+
+    def decode(self, ids: Iterable[int], stop_at_eos: bool = True) -> str:
+        """Caption text of ``ids`` (see :meth:`decode_tokens`), punctuation attached to the previous word."""
+        return detokenize(self.decode_tokens(ids, stop_at_eos=stop_at_eos))
+
+    # ------------------------------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "modalbridge.vocab/1", "lower": self.lower, "min_freq": self.min_freq, "itos": self.itos}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Vocab:
+        if not isinstance(data, dict) or not isinstance(data.get("itos"), list):
+            raise UserError("vocabulary JSON must be an object with an 'itos' list")
+        itos = data["itos"]
+        if [str(w) for w in itos[: len(SPECIALS)]] != list(SPECIALS):
+            raise UserError(f"vocabulary JSON must start with the special tokens {list(SPECIALS)}")
+        if not all(isinstance(w, str) for w in itos):
+            raise UserError("vocabulary JSON 'itos' must contain only strings")
+        return cls(itos[len(SPECIALS) :], lower=bool(data.get("lower", True)), min_freq=int(data.get("min_freq", 1)))
+
+    def save(self, path: str | Path) -> Path:
+        from modalbridge.checkpoint import write_json
+
+        write_json(Path(path), self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"vocabulary file not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is not valid UTF-8 JSON ({type(e).__name__})") from None
+        return cls.from_dict(data)
+
+    # ------------------------------------------------------------------------------------------ embeddings
+    def embedding_matrix(self, vectors: Any, std: float | None = None, seed: int = 0):
+        """An embedding matrix ``(V, D)`` initialised from pretrained word vectors where the word has one.
+
+        Args:
+            vectors: a mapping ``word -> vector``; a pair ``(words, array (N, D))``; or an object with ``.vectors``
+                (e.g. a spaCy ``Vocab``/``Vectors``, whose lookups are tried through ``__getitem__``).
+            std: std of the random init for words without a vector; default = std of the found vectors.
+            seed: seed of that random init.
+
+        Returns:
+            ``(matrix, found)``: a float32 ``torch.Tensor (V, D)`` with ``<pad>`` all zeros, and how many
+            vocabulary words (specials excluded) got a pretrained vector (exact match, else lower-cased).
+        """
+        import numpy as np
+        import torch
+
+        lookup = _vector_lookup(vectors)
+        rows: dict[int, np.ndarray] = {}
+        dim = None
+        for i, w in enumerate(self.itos[len(SPECIALS) :], start=len(SPECIALS)):
+            v = lookup(w)
+            if v is None and w.lower() != w:
+                v = lookup(w.lower())
+            if v is None:
+                continue
+            v = np.asarray(v, dtype=np.float32).reshape(-1)
+            if dim is None:
+                dim = v.shape[0]
+            elif v.shape[0] != dim:
+                raise UserError(f"word vectors have mixed sizes ({dim} and {v.shape[0]})")
+            rows[i] = v
+        if dim is None:
+            raise UserError("none of the vocabulary words has a pretrained vector; check the vectors' language/case")
+        found = np.stack(list(rows.values()))
+        if std is None:
+            std = float(found.std()) or 1.0 / math.sqrt(dim)
+        gen = torch.Generator().manual_seed(seed)
+        matrix = torch.randn(len(self), dim, generator=gen) * std  # (V, D)
+        for i, v in rows.items():
+            matrix[i] = torch.from_numpy(v)
+        matrix[PAD_ID] = 0.0
+        return matrix, len(rows)
+
+
+def _vector_lookup(vectors: Any):
+    """A ``word -> vector or None`` function for the accepted vector containers."""
+    if isinstance(vectors, tuple) and len(vectors) == 2:
+        words, array = vectors
+        if len(words) != len(array):
+            raise UserError(f"{len(words)} words but {len(array)} vectors")
+        index = {w: i for i, w in enumerate(words)}
+        return lambda w: array[index[w]] if w in index else None
+    if isinstance(vectors, Mapping):
+        return vectors.get
+    if hasattr(vectors, "vectors") or hasattr(vectors, "__getitem__"):
+        # spaCy: nlp.vocab[word].has_vector / .vector; Vectors: key lookups via strings store.
+        def spacy_lookup(w: str):
+            try:
+                lex = vectors[w]
+            except (KeyError, IndexError, ValueError):
+                return None
+            if hasattr(lex, "has_vector"):
+                return lex.vector if lex.has_vector else None
+            return lex
+
+        return spacy_lookup
+    raise UserError(f"unsupported word-vector container: {type(vectors).__name__}")
