@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -552,7 +553,17 @@ def serve(host: str = "127.0.0.1", port: int = 7860, model_t2i: str | None = Non
         app = build_app(drawer, captioner, limits)
         server = _server(app, sock)
         echo(f"serving on http://{host}:{port}  (UI at /, API at /api/draw and /api/caption; Ctrl-C stops)")
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, restores the previous handlers and re-raises the signal.
+        # SIGTERM's default action would end the process before the upload folder is removed, so both signals
+        # end as KeyboardInterrupt here: a normal stop.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
         try:
             server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
         finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
             sock.close()
+    echo("stopped")
