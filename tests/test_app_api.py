@@ -260,3 +260,33 @@ def test_serve_fails_with_one_error_line_when_the_port_is_taken():
     with srv.bind("127.0.0.1", 0) as taken:
         with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
             srv.serve("127.0.0.1", taken.getsockname()[1])
+
+
+def test_serve_process_answers_then_stops_on_sigterm_and_removes_its_upload_folder(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from test_app_api import tiny_pipelines; from modalbridge.app import server;"
+        "server.load_services = lambda *a: tiny_pipelines(None);"
+        "from modalbridge.cli import main; sys.argv = ['modalbridge', 'serve', '--port', '0']; main()"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", code, os.path.dirname(__file__)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving on http://127.0.0.1:"), line + proc.stderr.read()
+        url = line.split()[2]
+        assert requests.post(f"{url}/api/draw", json={"text": "a cat"}, timeout=30).status_code == 200
+        assert len(list(tmp_path.glob("modalbridge-gradio-*"))) == 1
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.strip() == "stopped"
+    assert not list(tmp_path.glob("modalbridge-gradio-*")), [p.name for p in tmp_path.iterdir()]

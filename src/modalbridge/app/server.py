@@ -548,6 +548,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, model_t2i: str | None = Non
           model_caption: str | None = None, limits: Limits | None = None, echo: Callable[[str], None] = print) -> None:
     """Load both models, then serve the UI and the API until interrupted (Ctrl-C)."""
     sock = bind(host, port)  # fail fast on a busy port, before the slow model loads
+    port = sock.getsockname()[1]  # the real one when port 0 asked for any free port
     drawer, captioner = load_services(model_t2i, model_caption)
     with private_upload_dir():
         app = build_app(drawer, captioner, limits)
