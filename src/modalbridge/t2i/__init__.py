@@ -1,0 +1,1 @@
+"""Text -> image: class vocabularies (WordNet), training sentences, mapper, pipeline."""

@@ -56,8 +56,8 @@ STYLES = ["photo", "photograph", "picture", "painting", "drawing", "sketch", "wa
           "3D render", "cartoon"]
 GENERIC_ADJ = ["small", "large", "big", "little", "beautiful", "lovely", "typical", "realistic", "tiny", "huge"]
 GENERIC_PLACE = ["in the picture", "in the center of the frame", "on a white background", "in the foreground",
-                 "in the middle of the image", "seen from the side", "seen from above", "in bright light",
-                 "in the shade", "in soft light"]
+                 "in the middle of the image", "seen from the side", "seen from above", "in bright sunlight",
+                 "in the shade", "in soft lighting"]
 GENERIC_VERB = ["looking at", "photographing", "pointing at", "drawing", "admiring"]
 # Category-specific fillers: they fit the category, and they narrow an ambiguous word to it.
 ADJECTIVES = {
@@ -65,7 +65,7 @@ ADJECTIVES = {
     "person": ["young", "happy", "smiling", "tall", "proud", "cheerful"],
     "food": ["fresh", "delicious", "homemade", "tasty", "hot", "appetizing", "half-eaten"],
     "plant": ["wild", "lush", "healthy", "flowering", "dewy"],
-    "landscape": ["majestic", "misty", "sunny", "quiet", "stunning", "remote"],
+    "landscape": ["majestic", "misty", "sunny", "quiet", "stunning", "secluded"],
     "vehicle": ["new", "rusty", "shiny", "vintage", "modern", "fast", "red", "white"],
     "structure": ["ancient", "modern", "abandoned", "historic", "famous", "old"],
     "clothing": ["red", "blue", "black", "white", "striped", "plain", "stylish", "casual", "elegant", "pink"],
@@ -75,17 +75,17 @@ PLACES = {
     "animal": ["in the wild", "at the zoo", "on the grass", "in the forest", "near the water", "in its habitat",
                "in a meadow"],
     "person": ["at the park", "in the city", "at a party", "outdoors", "on a sunny afternoon"],
-    "food": ["on a plate", "on the dinner table", "in a bowl", "on a wooden board", "at a restaurant",
+    "food": ["on a serving dish", "on the dinner table", "in a bowl", "on the kitchen counter", "at a diner",
              "in the kitchen"],
     "plant": ["in the garden", "in a meadow", "in the forest", "on the ground", "in a field"],
     "landscape": ["at sunset", "under a blue sky", "in the distance", "on a cloudy day", "in summer",
-                  "in the morning light"],
+                  "in the morning sun"],
     "vehicle": ["in the city", "at night", "in the rain", "under a cloudy sky", "at dusk", "in the distance"],
     "structure": ["in the city", "in the countryside", "at night", "under a blue sky", "on a hill",
                   "by the river"],
-    "clothing": ["on a hanger", "in a store window", "on a mannequin", "in a closet", "on display",
+    "clothing": ["on a hanger", "in a store window", "on a mannequin", "in a dressing room", "on display",
                  "folded on a bed"],
-    "artifact": ["on the floor", "in a room", "on a desk", "in a store", "on a table", "in a workshop"],
+    "artifact": ["on the floor", "in a room", "on a workbench", "in a store", "on a table", "in a workshop"],
 }
 VERBS = {
     "animal": ["feeding", "watching", "petting"],
@@ -236,9 +236,17 @@ class _Generator:
 
     def _pick_held_lemmas(self, seed: int) -> dict[int, str]:
         v = self.v
-        others = [key(x) for c in v for x in [*c.lemmas, *c.hypernyms, c.label]]
+        # Every token run of every other word of the vocabulary -> the words it occurs in.
+        runs: dict[str, set[str]] = {}
+        for o in sorted({key(x) for c in v for x in [*c.lemmas, *c.hypernyms, c.label]}):
+            toks = o.split()
+            for i in range(len(toks)):
+                for j in range(i + 1, len(toks) + 1):
+                    runs.setdefault(" ".join(toks[i:j]), set()).add(o)
+
         def inside(k: str) -> bool:  # k is a token run inside another word of the vocabulary
-            return any(o != k and f" {k} " in f" {o} " for o in others)
+            return any(o != k for o in runs.get(k, ()))
+
         candidates = {}
         for c in v:
             ok = [x for x in c.lemmas[1:] if x not in c.scientific and v.word_to_classes.get(key(x)) == (c.index,)
@@ -552,6 +560,14 @@ def _content_hash(sentences: bytes, vocab: bytes) -> str:
     return h.hexdigest()
 
 
+def check_out_dir(out: str | Path) -> Path:
+    """``out`` if :func:`prepare` may write there: new, empty, or a previous output (has meta.json)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_NAME).is_file())):
+        raise UserError(f"{out} exists and is not a sentences directory; give a new --out")
+    return out
+
+
 def prepare(
     vocab: Vocabulary,
     out: str | Path,
@@ -565,9 +581,7 @@ def prepare(
     An existing ``out`` must be a previous output (has meta.json) or empty; its three files are replaced and
     anything else in it (a feature cache) is kept. Returns the meta.
     """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_NAME).is_file())):
-        raise UserError(f"{out} exists and is not a sentences directory; give a new --out")
+    out = check_out_dir(out)
     rows, meta = generate(vocab, n=n, seed=seed, captions=captions, config=config)
     sent_bytes = "".join(json.dumps({f: r[f] for f in FIELDS}, ensure_ascii=False) + "\n" for r in rows).encode()
     vocab_bytes = vocab.to_json().encode()
@@ -585,6 +599,7 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
         for name, data in files:
             (tmp / name).write_bytes(data)
         os.replace(tmp, out)  # a new directory appears complete or not at all

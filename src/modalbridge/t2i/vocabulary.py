@@ -236,9 +236,9 @@ class Vocabulary:
     def index(self, name: str) -> int:
         """Class index of a wnid, label or unambiguous lemma."""
         for c in self.classes:
-            if name == c.wnid or name == c.label:
+            if name == c.wnid:
                 return c.index
-        classes = self.classes_for(name)
+        classes = tuple(c.index for c in self.classes if c.label == name) or self.classes_for(name)
         if len(classes) == 1:
             return classes[0]
         if classes:
@@ -394,15 +394,19 @@ def from_wnids(
 
 
 def from_names(names: Sequence[str], name: str = "custom") -> Vocabulary:
-    """Vocabulary from class names: a wnid, a synset name ("crane.n.04") or a word (its most frequent noun sense)."""
+    """Vocabulary from class names: a wnid, a synset name ("crane.n.04") or a word (its most frequent noun sense).
+
+    The label is the word as given, or the synset's first lemma for a wnid or synset name.
+    """
     from modalbridge.t2i import wordnet
 
     rd = wordnet.reader()
-    wnids = []
+    wnids, labels = [], []
     for n in names:
         n = str(n).strip()
         if re.fullmatch(r"[nvasr]\d{8}", n):
             wnids.append(n)
+            labels.append(_name(wordnet.synset(n).lemma_names()[0]))
             continue
         try:
             syns = [rd.synset(n)] if re.fullmatch(r".+\.[nvasr]\.\d+", n) else rd.synsets(n.replace(" ", "_"), "n")
@@ -411,7 +415,8 @@ def from_names(names: Sequence[str], name: str = "custom") -> Vocabulary:
         if not syns:
             raise UserError(f"'{n}' is not a WordNet noun (give a wnid like n02084071 or a synset like dog.n.01)")
         wnids.append(wordnet.wnid(syns[0]))
-    return from_wnids(wnids, name=name, labels=[str(n).strip() for n in names])
+        labels.append(_name(syns[0].lemma_names()[0]) if "." in n else n)
+    return from_wnids(wnids, name=name, labels=labels)
 
 
 def imagenet1k_wnids() -> list[str]:

@@ -145,10 +145,16 @@ def synset(wnid: str):
     wnid = str(wnid).strip()
     if len(wnid) != 9 or wnid[0] not in "nvasr" or not wnid[1:].isdigit():
         raise UserError(f"'{wnid}' is not a WordNet id (expected e.g. n02084071)")
+    rd = reader()
     try:
-        return reader().synset_from_pos_and_offset(wnid[0], int(wnid[1:]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nltk warns and returns None for an offset between entries
+            syn = rd.synset_from_pos_and_offset(wnid[0], int(wnid[1:]))
     except Exception:  # nltk raises WordNetError/ValueError/IndexError depending on the offset
-        raise UserError(f"WordNet id {wnid} not found in WordNet 3.0") from None
+        syn = None
+    if syn is None or syn.offset() != int(wnid[1:]):
+        raise UserError(f"WordNet id {wnid} not found in WordNet 3.0")
+    return syn
 
 
 def wnid(syn) -> str:
