@@ -104,6 +104,34 @@ def train_cmd(
 
 
 # ------------------------------------------------------------------------------------ text -> image
+@command("prepare")
+def prepare_cmd(
+    vocab: Annotated[str, typer.Option("--vocab", help="imagenet1k | fashion | vocabulary JSON | list of wnids.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (sentences.jsonl, vocabulary.json, meta.json).")],
+    captions: Annotated[
+        Optional[list[Path]], typer.Option("--captions", help="COCO-format captions JSON to mine (repeatable).")
+    ] = None,
+    n: Annotated[int, typer.Option("--n", help="Generated sentences (mined captions come on top).")] = 50_000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same files.")] = 0,
+):
+    """Build the text -> class training sentences: templates, synonyms, hypernyms, glosses, mined captions."""
+    from modalbridge.t2i import sentences, vocabulary
+
+    if n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    sentences.check_out_dir(out)
+    for f in captions or []:
+        if not f.is_file():  # fail before WordNet loads; the format is checked before any sentence is made
+            raise UserError(f"captions file not found: {f}")
+    meta = sentences.prepare(vocabulary.resolve(vocab), out, n=n, seed=seed, captions=captions or [])
+    counts = meta["counts"]
+    typer.echo(f"{meta['n_total']} sentences over {meta['n_classes']} classes -> {out}")
+    typer.echo("splits:  " + ", ".join(f"{k} {v}" for k, v in counts["split"].items()))
+    typer.echo("sources: " + ", ".join(f"{k} {v}" for k, v in counts["source"].items()))
+    if meta["n_generated"] < meta["n_requested"]:
+        typer.echo(f"note: the vocabulary gave only {meta['n_generated']} distinct generated sentences", err=True)
+
+
 
 
 # ------------------------------------------------------------------------------------ image -> text
