@@ -132,9 +132,175 @@ def prepare_cmd(
         typer.echo(f"note: the vocabulary gave only {meta['n_generated']} distinct generated sentences", err=True)
 
 
+@command("extract")
+def extract_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Prepared sentences directory (modalbridge prepare).")],
+    encoder: Annotated[
+        Optional[str], typer.Option("--encoder", help="Text encoder: minilm | HF hub id | directory.")
+    ] = None,
+    layer: Annotated[int, typer.Option("--layer", help="-1 = last layer, else an index into hidden_states.")] = -1,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Word pieces per sentence.")] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Cache root (default DATA/features).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sentences per forward pass.")] = 64,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even if the cache entry exists.")] = False,
+):
+    """Compute the text encoder's hidden states of every prepared sentence once (safetensors feature cache)."""
+    import time
+
+    from modalbridge.t2i import features
+    from modalbridge.text.encoders import default_encoder_name
+
+    if batch_size < 1 or (max_length is not None and max_length < 2):
+        raise UserError("--batch-size must be >= 1 and --max-length >= 2")
+    start = time.perf_counter()
+    with _warnings_to_stderr():
+        entry = features.extract(data, encoder or default_encoder_name(), layer, max_length, cache,
+                                 batch_size=batch_size, force=force, verbose=True)
+    meta = features.load_entry(entry).meta
+    typer.echo(f"{meta['n']} sentences, {meta['tokens']} word pieces, hidden {meta['hidden_size']} "
+               f"({meta['encoder']}, layer {meta['layer']}) in {time.perf_counter() - start:.1f} s -> {entry}")
+
+
+@command("draw")
+def draw_cmd(
+    text: Annotated[Optional[str], typer.Argument(help="What to draw (or use --prompts FILE).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Images per object.")] = 4,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Noise seed (default: derived from the text).")] = None,
+    truncation: Annotated[float, typer.Option("--truncation", help="In (0, 1]; lower = more typical.")] = 0.5,
+    out: Annotated[Path, typer.Option("--out", help="Output directory for PNG/GIF files.")] = Path("drawings"),
+    gif: Annotated[bool, typer.Option("--gif", help="Also write an animated GIF of the images.")] = False,
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Mapper model directory or name (default: embedded t2i-fashion).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per text.")] = False,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="File with one prompt per line.")] = None,
+    per_token: Annotated[bool, typer.Option("--per-token", help="One image per word + captioned GIF.")] = False,
+    to: Annotated[Optional[str], typer.Option("--to", help="Interpolate from TEXT to this text.")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Frames of --to interpolation.")] = 8,
+    whole: Annotated[bool, typer.Option("--whole", help="Do not split texts naming several objects.")] = False,
+):
+    """Draw images for a text: text encoder -> mapper -> class embedding -> generator."""
+    import json
+
+    from modalbridge.t2i import pipeline as P
+
+    if (text is None) == (prompts is None):
+        raise UserError("give a TEXT or --prompts FILE (not both)")
+    if prompts is not None:
+        if not prompts.is_file():
+            raise UserError(f"prompts file not found: {prompts}")
+        try:
+            texts = [line for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise UserError(f"{prompts} is not UTF-8 text") from None
+        if not texts:
+            raise UserError(f"{prompts} has no prompts")
+    else:
+        texts = [text]
+    texts = [P.clean_text(t) for t in texts]  # bad text fails before any model loads
+    P._check_n(n)
+    P._check_truncation(truncation)
+    with _warnings_to_stderr():
+        pipe = P.load_pipeline(model)
+        for t in texts:
+            s = P.text_seed(t) if seed is None else seed
+            if per_token:
+                record = P.save_per_token(t, s, pipe.per_token(t, s, truncation), out)
+            elif to is not None:
+                record = P.save_frames(t, P.clean_text(to), s, pipe.interpolate(t, to, steps, s, truncation), out, gif)
+            else:
+                record = P.save_drawing(pipe.draw(t, n, s, truncation, split_objects=not whole), out, gif)
+            if json_out:
+                typer.echo(json.dumps(record, ensure_ascii=False))
+                continue
+            if "classes" in record:
+                typer.echo("classes: " + ", ".join(f"{c['label']} {c['score']:.2f}" for c in record["classes"]))
+            for key in ("words",):
+                for w in record.get(key, []):
+                    typer.echo(f"{w['word']} -> {w['label']} {w['score']:.2f}")
+            typer.echo("\n".join(record["images"] + [record[k] for k in ("grid", "gif") if k in record]))
+
+
+class _warnings_to_stderr:
+    """Python warnings (truncated text, mismatched tables) become ``warning:`` lines on stderr."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings(record=True)
+        self._seen = self._ctx.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        for w in dict.fromkeys(str(w.message) for w in self._seen):
+            typer.echo(f"warning: {w}", err=True)
+        return False
 
 
 # ------------------------------------------------------------------------------------ image -> text
+@command("caption")
+def caption_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Model directory or name; default: embedded caption-fashion.")
+    ] = None,
+    beam: Annotated[int, typer.Option("--beam", help="Beam size (1 = greedy).")] = 3,
+    attention: Annotated[
+        Optional[Path], typer.Option("--attention", help="Write per-word attention heat maps (PNG) into this dir.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: image, caption, logprob.")] = False,
+):
+    """Caption images with a trained model (Show-Attend-Tell, Show-and-Tell or ClipCap)."""
+    import json
+
+    from modalbridge.captioning.pipeline import _check_beam, load_captioner, save_attention_maps
+    from modalbridge.vision.io import load_image
+
+    _check_beam(beam)
+    pil = [load_image(p) for p in images]  # every image is checked before the model loads
+    captioner = load_captioner(model)
+    if attention is not None and not captioner.has_attention:
+        raise UserError(f"--attention needs a show_attend_tell model; this one is '{captioner.model.model_type}'")
+    results = captioner.caption(pil, beam=beam)
+    for i, (path, img, res) in enumerate(zip(images, pil, results, strict=True)):
+        if as_json:
+            typer.echo(json.dumps({"image": str(path), "caption": res["caption"], "logprob": res["logprob"]},
+                                  ensure_ascii=False))
+        else:
+            typer.echo(f"{path}\t{res['caption']}")
+        if attention is not None:
+            written = save_attention_maps(img, res["words"], res["attention"], attention, f"{i:03d}_{path.stem}")
+            typer.echo(f"attention maps for {path}: {len(written)} PNGs in {attention}", err=True)
+
+
+@command("evaluate")
+def evaluate_cmd(
+    data: Annotated[str, typer.Option("--data", help="Dataset SPEC (see modalbridge.captioning.datasets).")],
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Model directory or name; default: embedded caption-fashion.")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="Which split to score.")] = "test",
+    beam: Annotated[int, typer.Option("--beam", help="Beam size (1 = greedy).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as one JSON object.")] = False,
+):
+    """Score a captioning model on a dataset split: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap scale)."""
+    import json
+
+    from modalbridge.captioning import datasets
+    from modalbridge.captioning.pipeline import _check_beam, evaluate, load_captioner
+
+    _check_beam(beam)
+    records = [r for r in datasets.load(data) if r.split == split]
+    if not records:
+        raise UserError(f"dataset '{data}' has no images in split '{split}'")
+    captioner = load_captioner(model)
+    scores = evaluate(captioner, records, beam=beam, progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        typer.echo(json.dumps(scores))
+    else:
+        for key, value in scores.items():
+            typer.echo(f"{key:8s} {value}" if not isinstance(value, float) else f"{key:8s} {value:.4f}")
 
 
 # -------------------------------------------------------------------------------------------- serve

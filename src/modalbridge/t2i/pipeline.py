@@ -1,0 +1,370 @@
+"""Text -> image: frozen text encoder -> mapper -> class embedding -> frozen generator, loaded once.
+
+``load_pipeline(spec)`` loads a mapper model directory (``t2i_mapper``; default: the embedded ``t2i-fashion``)
+and the two frozen models its ``config.json`` names. ``Pipeline.draw(text)`` returns images and the top-5 classes.
+
+Decisions a user sees:
+* Text is cleaned first: control and format characters (C0/C1, zero-width, bidi marks) become spaces and runs of
+  whitespace collapse; text that is then empty is an error. Over-long text is truncated by the encoder with a
+  warning (``max_length`` word pieces).
+* Seed: omitted, it is derived from the cleaned text (SHA-256), so the same text gives the same images.
+* Several objects ("an elephant and a bus"): class words are found with the vocabulary (``Vocabulary.find``,
+  lemmas and plurals, longest match first). When two or more *different* classes are named, the text is cut at
+  the separators between them (",", ";", "and", "or", "with", "plus", "next to", "beside", ...) and every piece
+  naming a class is mapped on its own ("an elephant", "a bus"): one set of images per object instead of a chimera
+  of their averaged embeddings. At most ``MAX_OBJECTS`` objects; ``split_objects=False`` maps the whole text.
+* ``per_token``: one image per word with the same noise, each from the mapper over that word's word pieces only
+  (contextual states of the whole text; words aligned to word pieces through the tokenizer's offsets).
+* ``interpolate``: frames along the straight line between two texts' embeddings, same noise.
+
+Notation: N images, E class-embedding size, Z noise size, K classes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import re
+import unicodedata
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from modalbridge import assets
+from modalbridge import checkpoint as ckpt
+from modalbridge.errors import UserError
+from modalbridge.t2i.mapper import T2IMapper
+from modalbridge.t2i.vocabulary import Vocabulary
+
+DEFAULT_MODEL = "t2i-fashion"
+DEFAULT_TRUNCATION = 0.5
+MAX_OBJECTS = 4
+MAX_N = 64
+_SEPARATORS = re.compile(
+    r"\s*(?:[,;:/&+]|\b(?:and|or|with|plus|next to|beside|besides|near|alongside|along with|together with|"
+    r"then|versus|vs)\b)\s*",
+    re.IGNORECASE,
+)
+
+
+def clean_text(text: str) -> str:
+    """Control/format characters -> spaces, whitespace collapsed; empty text is a UserError."""
+    if not isinstance(text, str):
+        raise UserError("text must be a string")
+    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text)
+    text = " ".join(text.split())
+    if not text:
+        raise UserError("text is empty (nothing left after removing whitespace and control characters)")
+    return text
+
+
+def text_seed(text: str) -> int:
+    """A seed derived from the text: the same text draws the same images."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """(N, C, H, W) in [-1, 1] -> N PIL images (L for one channel, RGB for three)."""
+    from PIL import Image
+
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
+    return [Image.fromarray(a[..., 0], "L") if a.shape[-1] == 1 else Image.fromarray(a, "RGB") for a in x]
+
+
+@dataclass
+class DrawObject:
+    """One object of a drawing: the text piece mapped, its top classes and its images."""
+
+    text: str
+    classes: list[dict]
+    images: list = field(default_factory=list)
+    embedding: torch.Tensor | None = None  # (E,)
+
+
+@dataclass
+class Drawing:
+    """Result of :meth:`Pipeline.draw`: ``images`` (all objects' images, object by object), ``classes`` (top-5
+    ``{"label", "wnid", "score"}`` of the whole text), per-object detail, the seed and truncation used."""
+
+    text: str
+    images: list
+    classes: list[dict]
+    objects: list[DrawObject]
+    seed: int
+    truncation: float
+    truncated: bool = False
+
+
+class Pipeline:
+    """Text encoder + mapper + generator, all frozen and in eval mode."""
+
+    def __init__(self, mapper: T2IMapper, encoder, generator, vocab: Vocabulary, source: str = ""):
+        self.mapper, self.encoder, self.generator, self.vocab, self.source = mapper, encoder, generator, vocab, source
+        self.z_dim = int(generator.config.z_dim)
+
+    # ------------------------------------------------------------------ embedding
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+        """Texts -> (class embeddings (B, E), class probabilities (B, K), truncated flags)."""
+        enc = self.encoder.encode(texts)
+        out = self.mapper(enc.hidden, enc.mask)
+        return out.embedding, self.mapper.class_scores(out), enc.truncated
+
+    def top_classes(self, probs: torch.Tensor, k: int = 5) -> list[dict]:
+        """(K,) probabilities -> top-k ``{"label", "wnid", "score"}``."""
+        p, idx = probs.topk(min(k, len(probs)))
+        return [{"label": self.vocab[i].label, "wnid": self.vocab[i].wnid or "", "score": round(float(s), 4)}
+                for s, i in zip(p.tolist(), idx.tolist(), strict=True)]
+
+    def objects(self, text: str) -> list[str]:
+        """Pieces of ``text`` that each name a different class; ``[text]`` when it names fewer than two."""
+        head = text[:4096]  # object detection looks at the start of very long texts only
+        if len({m.classes for m in self.vocab.find(head)}) < 2:
+            return [text]
+        pieces, seen = [], set()
+        for piece in _SEPARATORS.split(head):
+            found = self.vocab.find(piece)
+            if found and found[0].classes not in seen and piece.strip():
+                seen.add(found[0].classes)
+                pieces.append(piece.strip())
+        if len(pieces) < 2:
+            return [text]  # the class words are not separated ("a shirt bag"): let the mapper decide
+        if len(pieces) > MAX_OBJECTS:
+            warnings.warn(f"text names {len(pieces)} objects; drawing the first {MAX_OBJECTS}", stacklevel=2)
+        return pieces[:MAX_OBJECTS]
+
+    # ------------------------------------------------------------------ images
+    @torch.no_grad()
+    def render(self, embeddings: torch.Tensor, seed: int, truncation: float) -> list:
+        """(N, E) class embeddings -> N images, noise ``truncated_noise(N, Z, truncation, seed)``."""
+        from modalbridge.generators.biggan import truncated_noise
+
+        z = truncated_noise(len(embeddings), self.z_dim, truncation, seed)  # (N, Z)
+        return to_pil(self.generator(z, embeddings.to(z.dtype), truncation))
+
+    def draw(self, text: str, n: int = 4, seed: int | None = None, truncation: float = DEFAULT_TRUNCATION,
+             split_objects: bool = True) -> Drawing:
+        """Draw ``n`` images per object named in ``text``.
+
+        Args:
+            text: what to draw; cleaned with :func:`clean_text`.
+            n: images per object, 1..64.
+            seed: noise seed; None derives it from the text.
+            truncation: in (0, 1]; lower = more typical, less varied images.
+            split_objects: map each named object separately (see module docstring).
+        """
+        text = clean_text(text)
+        n = _check_n(n)
+        truncation = _check_truncation(truncation)
+        seed = text_seed(text) if seed is None else int(seed)
+        pieces = self.objects(text) if split_objects else [text]
+        texts = [text] + pieces if len(pieces) > 1 else [text]
+        emb, probs, truncated = self.embed(texts)  # (B, E), (B, K)
+        obj_emb, obj_probs = (emb[1:], probs[1:]) if len(pieces) > 1 else (emb, probs)
+        images = self.render(obj_emb.repeat_interleave(n, dim=0), seed, truncation)
+        objects = [DrawObject(p, self.top_classes(obj_probs[j]), images[j * n : (j + 1) * n], obj_emb[j])
+                   for j, p in enumerate(pieces)]
+        return Drawing(text=text, images=images, classes=self.top_classes(probs[0]), objects=objects, seed=seed,
+                       truncation=truncation, truncated=any(truncated))
+
+    @torch.no_grad()
+    def per_token(self, text: str, seed: int | None = None, truncation: float = DEFAULT_TRUNCATION
+                  ) -> list[tuple[str, object, dict]]:
+        """One image per word: ``[(word, image, top class), ...]``, all with the same noise."""
+        text = clean_text(text)
+        truncation = _check_truncation(truncation)
+        seed = text_seed(text) if seed is None else int(seed)
+        enc = self.encoder.encode(text)
+        words = enc.words(0, text)
+        if not words:
+            raise UserError("text has no words the text encoder can read")
+        masks = torch.zeros(len(words), enc.mask.shape[1], dtype=torch.bool)  # (W, T)
+        for j, (_, positions) in enumerate(words):
+            masks[j, positions] = True
+        out = self.mapper(enc.hidden.expand(len(words), -1, -1), masks)
+        probs = self.mapper.class_scores(out)
+        from modalbridge.generators.biggan import truncated_noise
+
+        z = truncated_noise(1, self.z_dim, truncation, seed).expand(len(words), -1)  # (W, Z): same noise
+        images = to_pil(self.generator(z, out.embedding, truncation))
+        return [(w, img, self.top_classes(p, 1)[0]) for (w, _), img, p in zip(words, images, probs, strict=True)]
+
+    @torch.no_grad()
+    def interpolate(self, text: str, to: str, steps: int = 8, seed: int | None = None,
+                    truncation: float = DEFAULT_TRUNCATION) -> list:
+        """``steps`` images along the line from ``text``'s embedding to ``to``'s, with the same noise."""
+        text, to = clean_text(text), clean_text(to)
+        if not 2 <= int(steps) <= MAX_N:
+            raise UserError(f"--steps must be in 2..{MAX_N}, got {steps}")
+        truncation = _check_truncation(truncation)
+        seed = text_seed(text) if seed is None else int(seed)
+        emb, _, _ = self.embed([text, to])  # (2, E)
+        t = torch.linspace(0, 1, int(steps))[:, None]  # (S, 1)
+        path = (1 - t) * emb[0] + t * emb[1]  # (S, E)
+        from modalbridge.generators.biggan import truncated_noise
+
+        z = truncated_noise(1, self.z_dim, truncation, seed).expand(int(steps), -1)  # (S, Z)
+        return to_pil(self.generator(z, path, truncation))
+
+
+def _check_n(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise UserError(f"n must be an integer in 1..{MAX_N}, got {n!r}")
+    return n
+
+
+def _check_truncation(truncation: float) -> float:
+    from modalbridge.generators.biggan import check_truncation
+
+    return check_truncation(truncation)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str) -> Pipeline:
+    from modalbridge.generators import load_generator
+    from modalbridge.text.encoders import load_text_encoder
+
+    mapper = ckpt.load(path, expected="t2i_mapper")
+    c = mapper.config
+    vocab_data = ckpt.read_json_file(Path(path) / ckpt.VOCAB_NAME)
+    if vocab_data is None:
+        raise UserError(f"{path} has no {ckpt.VOCAB_NAME}; a text -> image model needs its class vocabulary")
+    vocab = Vocabulary.from_dict(vocab_data, source=f"{path}/{ckpt.VOCAB_NAME}")
+    if len(vocab) != c.num_classes:
+        raise UserError(f"{path}: {ckpt.VOCAB_NAME} lists {len(vocab)} classes, the mapper {c.num_classes}")
+    generator = load_generator(c.generator)
+    generator.eval().requires_grad_(False)
+    table = generator.class_embeddings.detach().float()
+    if tuple(table.shape) != (c.num_classes, c.embed_dim):
+        raise UserError(f"generator '{c.generator}' has a {tuple(table.shape)} class table; "
+                        f"the mapper in {path} was trained for ({c.num_classes}, {c.embed_dim})")
+    if not torch.allclose(table, mapper.table, atol=1e-4):
+        warnings.warn(f"the mapper in {path} was trained against another class table than generator "
+                      f"'{c.generator}' has; images may not match the text", stacklevel=2)
+    encoder = load_text_encoder(c.text_encoder, c.text_layer, c.max_length)
+    if encoder.hidden_size != c.text_hidden:
+        raise UserError(f"text encoder '{c.text_encoder}' has hidden size {encoder.hidden_size}; "
+                        f"the mapper in {path} expects {c.text_hidden}")
+    return Pipeline(mapper, encoder, generator, vocab, source=path)
+
+
+def load_pipeline(spec: str | Path | None = None) -> Pipeline:
+    """Load a text -> image pipeline once per process.
+
+    Args:
+        spec: a mapper model directory or embedded name; None = the embedded default (``t2i-fashion``: MiniLM +
+            Fashion mapper + ``gan-fashion`` generator, offline).
+    """
+    path = assets.resolve(spec if spec is not None else DEFAULT_MODEL)
+    return _load(str(Path(path).resolve()))
+
+
+# ---------------------------------------------------------------------- files
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def enlarge(image, min_size: int = 128):
+    """Nearest-neighbour upscaling by an integer factor so small (e.g. 32 px) images stay visible."""
+    from PIL import Image
+
+    factor = max(1, -(-min_size // max(image.size)))
+    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def grid(images: list, ncol: int | None = None, pad: int = 2):
+    """Images side by side in rows of ``ncol`` (default: all in one row up to 8)."""
+    from PIL import Image
+
+    ncol = ncol or min(8, len(images))
+    w, h = images[0].size
+    nrow = -(-len(images) // ncol)
+    canvas = Image.new(images[0].mode, (ncol * (w + pad) + pad, nrow * (h + pad) + pad), 255 if images[0].mode == "L"
+                       else (255, 255, 255))
+    for i, im in enumerate(images):
+        canvas.paste(im, (pad + (i % ncol) * (w + pad), pad + (i // ncol) * (h + pad)))
+    return canvas
+
+
+def captioned(image, caption: str):
+    """The image with ``caption`` written on a white band below it (GIF frames of ``per_token``)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = image.convert("RGB")
+    font = ImageFont.load_default()
+    band = 16
+    canvas = Image.new("RGB", (image.width, image.height + band), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    ImageDraw.Draw(canvas).text((3, image.height + 2), caption[: max(4, image.width // 6)], fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def gif_bytes(frames: list, ms: int = 500) -> bytes:
+    buf = io.BytesIO()
+    frames = [f.convert("RGB") for f in frames]
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=ms, loop=0)
+    return buf.getvalue()
+
+
+def slug(text: str, limit: int = 40) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
+    return s or "drawing"
+
+
+def _write_png(path: Path, image, min_size: int) -> str:
+    ckpt.atomic_write_bytes(path, png_bytes(enlarge(image, min_size)))
+    return str(path)
+
+
+def save_drawing(d: Drawing, out: str | Path, gif: bool = False, min_size: int = 128) -> dict:
+    """Write a drawing's PNGs (+ a grid PNG when there are several, + a GIF with ``gif``) atomically into ``out``.
+
+    Images smaller than ``min_size`` pixels are enlarged by an integer factor (nearest neighbour).
+    Returns the JSON record ``{"text", "images", "classes", "seed", "truncation", "objects", "grid"?, "gif"?}``.
+    """
+    out = Path(out)
+    stem = f"{slug(d.text)}-{d.seed}"
+    record = {"text": d.text, "images": [_write_png(out / f"{stem}-{i}.png", im, min_size)
+                                          for i, im in enumerate(d.images)],
+              "classes": d.classes, "seed": d.seed, "truncation": d.truncation,
+              "objects": [{"text": o.text, "classes": o.classes[:1]} for o in d.objects]}
+    if len(d.images) > 1:
+        ncol = len(d.objects[0].images) if len(d.objects) > 1 else None
+        record["grid"] = _write_png(out / f"{stem}-grid.png", grid([enlarge(im, min_size) for im in d.images], ncol), 0)
+    if gif:
+        path = out / f"{stem}.gif"
+        ckpt.atomic_write_bytes(path, gif_bytes([enlarge(im, min_size) for im in d.images]))
+        record["gif"] = str(path)
+    return record
+
+
+def save_per_token(text: str, seed: int, frames: list[tuple[str, object, dict]], out: str | Path,
+                   min_size: int = 128) -> dict:
+    """Per-word PNGs and the captioned slideshow GIF (``word -> class``); returns the JSON record."""
+    out = Path(out)
+    stem = f"{slug(text)}-{seed}"
+    images = [_write_png(out / f"{stem}-word-{j}.png", im, min_size) for j, (_, im, _) in enumerate(frames)]
+    gif_path = out / f"{stem}-words.gif"
+    ckpt.atomic_write_bytes(gif_path, gif_bytes([captioned(enlarge(im, min_size), f"{w} -> {c['label']}")
+                                                 for w, im, c in frames], ms=700))
+    return {"text": text, "images": images, "gif": str(gif_path), "seed": seed,
+            "words": [{"word": w, **c} for w, _, c in frames]}
+
+
+def save_frames(text: str, to: str, seed: int, frames: list, out: str | Path, gif: bool = False,
+                min_size: int = 128) -> dict:
+    """Interpolation frames as PNGs (+ GIF); returns the JSON record."""
+    out = Path(out)
+    stem = f"{slug(text, 24)}-to-{slug(to, 24)}-{seed}"
+    record = {"text": text, "to": to, "seed": seed,
+              "images": [_write_png(out / f"{stem}-{k}.png", im, min_size) for k, im in enumerate(frames)]}
+    if gif:
+        path = out / f"{stem}.gif"
+        ckpt.atomic_write_bytes(path, gif_bytes([enlarge(im, min_size) for im in frames], ms=250))
+        record["gif"] = str(path)
+    return record
