@@ -117,6 +117,9 @@ def test_ambiguous_words_get_mixtures_unless_narrowed(imagenet):
     assert g._candidates("crane", 517, {"vehicle", "structure"}, None) == (134, 517)  # no fit: both stay
     gloss = next(t for t in TEMPLATES if t.kind == "gloss")
     assert g.render(gloss, 517, "crane")[1:] == ((517,), (1.0,))
+    # the hypernym named is one the other "missile" class lacks ("weapon" is above both)
+    text, classes, _ = g.render(disamb, 657, "missile")
+    assert classes == (657,) and "weapon" not in text
     pair = next(t for t in TEMPLATES if t.kind == "pair")
     text, classes, weights = g.render(pair, 207, "golden retriever", other=(134, "crane"))
     assert classes == (134, 207, 517) and weights == (0.25, 0.5, 0.25)

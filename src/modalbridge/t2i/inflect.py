@@ -48,7 +48,7 @@ PLURAL_ONLY = frozenset(
 )
 _PREP = frozenset("of in on with for de du".split())
 _AN_LETTERS = frozenset("aefhilmnorsx")  # letter names said with a leading vowel: "an MP3", "an X-ray"
-_A_PREFIXES = ("uni", "use", "usu", "uk", "ura", "ure", "uri", "uro", "uti", "eu", "ewe", "one", "once", "ubi")
+_A_PREFIXES = ("uni", "use", "usu", "uk", "ura", "ure", "uri", "uro", "uti", "ute", "eu", "ewe", "one", "once", "ubi")
 _AN_H = ("hour", "honest", "honor", "honour", "heir")
 
 

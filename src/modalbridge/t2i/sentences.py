@@ -156,7 +156,7 @@ class SentenceConfig:
     test_template: float = 0.05
     test_synonym: float = 0.05
     holdout_templates: float = 0.15  # of single/plural templates
-    holdout_synonyms: float = 0.25  # of classes with an eligible extra lemma (one lemma each)
+    holdout_synonyms: float = 0.25  # of classes with an eligible extra lemma (one lemma each; at least 3)
     w_template: float = 0.34
     w_synonym: float = 0.30
     w_hypernym: float = 0.12
@@ -220,6 +220,7 @@ class _Generator:
                                  for f in (lem, inflect.plural(lem))})
         self.held_set = set(self.held_keys)
         self.held_len = max((len(k.split()) for k in self.held_keys), default=0)
+        self.held_first = {k.split()[0] for k in self.held_keys}
         # Per class: lemmas usable in training, and hypernym words that map to classes.
         self.train_lemmas = [[x for x in c.lemmas if x != self.held_lemmas.get(c.index)] for c in vocab]
         held = set(self.held_templates)
@@ -256,8 +257,8 @@ class _Generator:
         rng = random.Random(f"synonyms/{seed}")
         chosen = sorted(candidates)
         k = round(self.cfg.holdout_synonyms * len(chosen))
-        if self.cfg.holdout_synonyms > 0 and chosen:
-            k = max(1, k)
+        if self.cfg.holdout_synonyms > 0:
+            k = max(k, min(3, len(chosen)))  # small vocabularies (Fashion) still test a few unseen words
         return {i: rng.choice(candidates[i]) for i in sorted(rng.sample(chosen, k))}
 
     def leaks(self, text_key: str) -> bool:
@@ -265,8 +266,9 @@ class _Generator:
         if not self.held_set:
             return False
         toks = text_key.split()
+        first = self.held_first
         return any(" ".join(toks[i : i + n]) in self.held_set
-                   for n in range(1, self.held_len + 1) for i in range(len(toks) - n + 1))
+                   for i in range(len(toks)) if toks[i] in first for n in range(1, self.held_len + 1))
 
     # -------------------------------------------------------------------------------- targets
     def _candidates(self, surface: str, c: int, cats: set[str] | None, hyper: str | None) -> tuple[int, ...]:
@@ -317,8 +319,10 @@ class _Generator:
             values.update(gloss=_gloss_clause(cls.gloss), gloss_np=_gloss_np(cls.gloss))
             return t.text.format(**values), (c,), (1.0,)
         hyper = None
-        if t.kind == "disamb":
-            hyper = values["hyper"] = cls.hypernyms[0]
+        if t.kind == "disamb":  # the nearest hypernym that the word's other classes lack, if there is one
+            others = [k for k in v.word_to_classes.get(key(surface), ()) if k != c]
+            hyper = next((h for h in cls.hypernyms if all(h not in v[k].hypernyms for k in others)), cls.hypernyms[0])
+            values["hyper"] = hyper
         shares = [(surface, c, cats, hyper)]
         if other is not None:
             oc, olemma = other
