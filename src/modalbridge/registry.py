@@ -50,6 +50,8 @@ TASKS = Registry("task")
 BUILTIN_MODULES = [
     "modalbridge.training.toy",
     "modalbridge.generators.biggan",
+    "modalbridge.generators.gan",
+    "modalbridge.vision.classifier",
     "modalbridge.t2i.mapper",
     "modalbridge.t2i.train",
 ]

@@ -1,0 +1,322 @@
+"""Training the small class-conditional GAN: BigGAN-deep generator vs. a projection discriminator.
+
+The generator is ``generators/biggan.py``'s ``BigGAN`` (model type ``biggan_deep``) at a small width, so the
+exported model has exactly the interface of the published BigGAN-deep and ``modalbridge draw`` runs on it:
+``G(z (B, Z), class_embedding (B, E), truncation) -> (B, 3, H, W)`` in [-1, 1], ``G.class_embeddings`` (K, E).
+The class embeddings are learned as the generator's own table.
+
+Recipe (each piece cites its paper):
+- discriminator: residual SNGAN/BigGAN D with a projection head, ``D(x, y) = psi(phi(x)) + <embed(y), phi(x)>``
+  (Miyato & Koyama 2018, https://arxiv.org/abs/1802.05637);
+- spectral normalisation of every D weight (Miyato et al. 2018, https://arxiv.org/abs/1802.05957);
+- hinge loss (Lim & Ye 2017; as in SAGAN/BigGAN);
+- two time-scale update rule, Adam betas (0, 0.999), one D step per G step (SAGAN, https://arxiv.org/abs/1805.08318);
+- exponential moving average of G's weights, the exported model (BigGAN, https://arxiv.org/abs/1809.11096);
+- truncation trick at sampling time: z from a normal truncated to [-2, 2], scaled by ``truncation`` (BigGAN).
+
+Notation: B batch, C image channels (3), H = W = resolution (32), K classes, Z noise dim, E class-embedding
+dim, ch discriminator width, F = ch * 2 (the feature dim of phi(x)).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from modalbridge import checkpoint as ckpt
+from modalbridge.config import from_dict, to_dict
+from modalbridge.errors import UserError
+from modalbridge.registry import TASKS
+from modalbridge.training.engine import make_loader
+from modalbridge.training.task import BridgeModule, Task
+
+
+# ----------------------------------------------------------------------------------------------- discriminator
+@dataclass
+class DiscriminatorConfig:
+    in_channels: int = 3
+    resolution: int = 32
+    channel_width: int = 32  # ch: first block width; later blocks use 2 * ch
+    num_classes: int = 10
+
+
+def _sn_conv(c_in: int, c_out: int, k: int) -> nn.Module:
+    return spectral_norm(nn.Conv2d(c_in, c_out, k, padding=k // 2))
+
+
+class DBlock(nn.Module):
+    """Residual block: [ReLU] conv3 ReLU conv3 [avg-pool] + shortcut (1x1 conv where channels change or pooling).
+
+    The first block skips the leading ReLU (its input is the image; SNGAN's "optimized block").
+    """
+
+    def __init__(self, c_in: int, c_out: int, down: bool, preactivation: bool):
+        super().__init__()
+        self.down, self.preactivation = down, preactivation
+        self.conv1, self.conv2 = _sn_conv(c_in, c_out, 3), _sn_conv(c_out, c_out, 3)
+        self.shortcut = _sn_conv(c_in, c_out, 1) if (c_in != c_out or down) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c_in, h, w) -> (B, c_out, h', w')
+        h = F.relu(x) if self.preactivation else x
+        h = self.conv2(F.relu(self.conv1(h)))
+        if self.down:
+            h = F.avg_pool2d(h, 2)
+        s = x
+        if self.shortcut is not None:
+            # pool before the 1x1 conv on raw input (cheaper, as SNGAN), after it otherwise (as BigGAN)
+            s = self.shortcut(F.avg_pool2d(s, 2)) if (self.down and not self.preactivation) else self.shortcut(s)
+            if self.down and self.preactivation:
+                s = F.avg_pool2d(s, 2)
+        return h + s
+
+
+class ProjectionDiscriminator(nn.Module):
+    """BigGAN's 32x32 D (4 residual blocks, 2 of them downsampling) with spectral norm and a projection head."""
+
+    def __init__(self, config: DiscriminatorConfig):
+        super().__init__()
+        self.config = config
+        ch = config.channel_width
+        n_down = int(math.log2(config.resolution)) - 3  # down to 8x8: 32 -> 2 downsamplings, 64 -> 3
+        if n_down < 1 or 2 ** (n_down + 3) != config.resolution:
+            raise UserError(f"discriminator resolution must be a power of two >= 16, got {config.resolution}")
+        widths = [ch] + [2 * ch] * (n_down + 1)
+        blocks = [DBlock(config.in_channels, widths[0], down=True, preactivation=False)]
+        for i in range(1, len(widths)):
+            blocks.append(DBlock(widths[i - 1], widths[i], down=i < n_down, preactivation=True))
+        self.blocks = nn.Sequential(*blocks)
+        self.linear = spectral_norm(nn.Linear(widths[-1], 1))  # psi
+        self.embed = spectral_norm(nn.Embedding(config.num_classes, widths[-1]))  # the projection's class table
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Realness scores ``(B,)`` of ``images`` (B, C, H, W) in [-1, 1] for classes ``labels`` (B,)."""
+        h = F.relu(self.blocks(images)).sum((2, 3))  # (B, F) global sum pooling
+        return self.linear(h).squeeze(-1) + (self.embed(labels) * h).sum(-1)  # (B,)
+
+
+# --------------------------------------------------------------------------------------------- losses, EMA, z
+def d_hinge_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """``E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]``."""
+    return F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
+
+
+def g_hinge_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """``-E[D(G(z))]``."""
+    return -fake_scores.mean()
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model`` for floating parameters; buffers are copied."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+@torch.no_grad()
+def sample(generator: nn.Module, labels: torch.Tensor, truncation: float = 1.0, seed: int = 0,
+           batch_size: int = 250) -> torch.Tensor:
+    """Images ``(N, 3, H, W)`` in [-1, 1] for class ids ``labels`` (N,), reproducible from ``seed``."""
+    from modalbridge.generators.biggan import truncated_noise
+
+    z = truncated_noise(len(labels), generator.config.z_dim, truncation, seed).to(labels.device)  # (N, Z)
+    emb = generator.class_embeddings  # (K, E)
+    out = [generator(z[i : i + batch_size], emb[labels[i : i + batch_size]], truncation)
+           for i in range(0, len(labels), batch_size)]
+    return torch.cat(out).clamp(-1, 1)
+
+
+def load_generator_config(model_cfg: GANModelConfig):
+    """The generator's ``BigGANConfig``: ``BigGANConfig.small(...)`` with ``model.generator`` fields on top."""
+    from modalbridge.generators.biggan import BigGANConfig
+
+    base = BigGANConfig.small(resolution=model_cfg.resolution, channel_width=model_cfg.g_channel_width,
+                              num_classes=model_cfg.num_classes, out_channels=model_cfg.out_channels)
+    return from_dict(BigGANConfig, {**to_dict(base), **model_cfg.generator}, prefix="model.generator.")
+
+
+# ---------------------------------------------------------------------------------------------- training task
+@dataclass
+class GANDataConfig:
+    dataset: Literal["fashion_mnist", "random"] = "fashion_mnist"  # random: tiny noise images (tests)
+    batch_size: int = 64
+    limit: int = 0  # use the first N training images (0: all)
+    n_random: int = 64
+    num_workers: int = 0
+
+
+@dataclass
+class GANModelConfig:
+    resolution: int = 32  # 28x28 Fashion-MNIST is zero-padded (black) to this
+    num_classes: int = 10
+    g_channel_width: int = 16
+    out_channels: int = 3  # the BigGAN interface gives RGB; gray data is replicated, so G learns gray
+    generator: dict = field(default_factory=dict)  # BigGANConfig overrides on top of BigGANConfig.small(...)
+    d_channel_width: int = 32
+    d_lr: float = 4e-4  # TTUR: D learns faster than G (optim.lr); optim.betas serve both
+    n_dis: int = 1  # D steps per G step
+    ema_decay: float = 0.999
+    ema_start: int = 500  # G steps before the EMA starts averaging (it copies G until then)
+    sample_every: int = 500  # G steps between sample grids written to run_dir/samples (0: never)
+    sample_truncation: float = 1.0
+    standing_batches: int = 4  # batches per truncation slot for the exported standing statistics
+    classes: list[str] = field(default_factory=list)  # class names, recorded in the exported model
+
+
+class GANModule(BridgeModule):
+    """``model`` is the EMA generator (what gets exported); ``generator`` and ``discriminator`` are trained."""
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, cfg):
+        super().__init__(copy.deepcopy(generator).requires_grad_(False), cfg.optim)
+        self.generator, self.discriminator = generator, discriminator
+        self.mcfg = cfg.model
+        self.automatic_optimization = False  # two optimizers, alternating steps
+        self.register_buffer("g_steps", torch.zeros((), dtype=torch.long))  # in checkpoints: resume-exact EMA
+
+    def configure_optimizers(self):
+        betas = tuple(float(b) for b in self.optim_cfg.betas)
+        g_opt = torch.optim.Adam(self.generator.parameters(), lr=self.optim_cfg.lr, betas=betas)
+        d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=self.mcfg.d_lr, betas=betas)
+        return [g_opt, d_opt]
+
+    def _to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 1, H, W) -> float (B, C, H, W) in [-1, 1], gray replicated to the generator's channels."""
+        x = x.float().div(127.5).sub(1.0)
+        return x.expand(-1, self.discriminator.config.in_channels, -1, -1)
+
+    def _fake(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(n, self.generator.config.z_dim, device=self.device)  # (B, Z); truncation 1 in training
+        y = torch.randint(0, self.mcfg.num_classes, (n,), device=self.device)  # (B,)
+        return self.generator(z, self.generator.class_embeddings[y], 1.0), y  # (B, C, H, W)
+
+    def training_step(self, batch, batch_idx):
+        g_opt, d_opt = self.optimizers()
+        real, labels = batch
+        real = self._to_images(real)  # (B, C, H, W)
+        b = real.shape[0]
+        # --- discriminator step: hinge on real vs. (detached) fake
+        with torch.no_grad():
+            fake, fake_labels = self._fake(b)
+        d_real, d_fake = self.discriminator(real, labels), self.discriminator(fake, fake_labels)  # (B,) each
+        d_loss = d_hinge_loss(d_real, d_fake)
+        d_opt.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        d_opt.step()
+        self.log_dict({"train/d_loss": d_loss, "train/d_real": d_real.mean(), "train/d_fake": d_fake.mean()},
+                      prog_bar=True)
+        if (batch_idx + 1) % self.mcfg.n_dis:
+            return
+        # --- generator step: D is frozen so no D gradients are computed
+        self.discriminator.requires_grad_(False)
+        fake, fake_labels = self._fake(b)
+        g_loss = g_hinge_loss(self.discriminator(fake, fake_labels))
+        g_opt.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        g_opt.step()
+        self.discriminator.requires_grad_(True)
+        self.g_steps += 1
+        step = int(self.g_steps)
+        ema_update(self.model, self.generator, 0.0 if step <= self.mcfg.ema_start else self.mcfg.ema_decay)
+        self.log("train/g_loss", g_loss, prog_bar=True)
+        if self.mcfg.sample_every and step % self.mcfg.sample_every == 0 and self.trainer.is_global_zero:
+            self.write_grid(Path(self.trainer.default_root_dir) / "samples" / f"step{step:06d}.png")
+
+    def write_grid(self, path: Path, per_class: int = 10) -> None:
+        """A sample grid of the EMA generator: one row per class, fixed noise.
+
+        Batch norms use the grid's own batch statistics (train mode): standing statistics are measured at export.
+        """
+        labels = torch.arange(self.mcfg.num_classes).repeat_interleave(per_class)
+        was_training = self.model.training
+        self.model.train()
+        images = sample(self.model, labels.to(self.device), self.mcfg.sample_truncation, seed=0)
+        self.model.train(was_training)
+        save_grid(images.cpu(), per_class, path)
+
+
+def save_grid(images: torch.Tensor, ncol: int, path: Path, pad: int = 2) -> None:
+    """Write ``images`` (N, C, H, W) in [-1, 1] as a PNG grid with ``ncol`` columns, atomically."""
+    import io
+
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    nrow = math.ceil(n / ncol)
+    grid = torch.ones(c, nrow * (h + pad) + pad, ncol * (w + pad) + pad)  # white frame
+    for i, img in enumerate(images):
+        r, q = divmod(i, ncol)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = img
+    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()  # (H', W', C)
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if c == 1 else arr).save(buf, format="PNG")
+    ckpt.atomic_write_bytes(path, buf.getvalue())
+
+
+class GANData(pl.LightningDataModule):
+    def __init__(self, cfg: GANDataConfig, resolution: int, num_classes: int, seed: int):
+        super().__init__()
+        self.cfg, self.resolution, self.num_classes, self.seed = cfg, resolution, num_classes, seed
+        self.train_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.cfg.dataset == "random":
+            g = torch.Generator().manual_seed(self.seed)
+            images = torch.randint(0, 256, (self.cfg.n_random, 28, 28), generator=g, dtype=torch.uint8)
+            labels = torch.randint(0, self.num_classes, (self.cfg.n_random,), generator=g)
+        else:
+            from modalbridge.vision import fashion_mnist
+
+            x, y = fashion_mnist.load("train")
+            n = self.cfg.limit or len(x)
+            images, labels = torch.as_tensor(np.ascontiguousarray(x[:n])), torch.as_tensor(y[:n])
+        pad = self.resolution - images.shape[-1]
+        if pad < 0:
+            raise UserError(f"model.resolution {self.resolution} is smaller than the 28x28 images")
+        images = F.pad(images, (pad // 2, pad - pad // 2) * 2).unsqueeze(1)  # (N, 1, H, W) uint8, black padding
+        self.train_set = torch.utils.data.TensorDataset(images, labels)
+
+    def train_dataloader(self):
+        return make_loader(self.train_set, self.cfg.batch_size, True, self.seed, self.trainer, drop_last=True,
+                           num_workers=self.cfg.num_workers)
+
+
+@TASKS.register("gan")
+class GANTask(Task):
+    """``task: gan`` - class-conditional BigGAN-deep on Fashion-MNIST (or random images in tests)."""
+
+    DataConfig = GANDataConfig
+    ModelConfig = GANModelConfig
+
+    def build_module(self) -> GANModule:
+        from modalbridge.generators.biggan import BigGAN
+
+        m = self.cfg.model
+        g_cfg = load_generator_config(m)
+        d_cfg = DiscriminatorConfig(in_channels=g_cfg.out_channels, resolution=m.resolution,
+                                    channel_width=m.d_channel_width, num_classes=m.num_classes)
+        return GANModule(BigGAN(g_cfg), ProjectionDiscriminator(d_cfg), self.cfg)
+
+    def build_datamodule(self) -> GANData:
+        return GANData(self.cfg.data, self.cfg.model.resolution, self.cfg.model.num_classes, self.cfg.seed)
+
+    def export(self, module: GANModule, path: Path, metrics: dict, run_config: dict) -> Path:
+        """Save the EMA generator as a ``biggan_deep`` model directory; class names go into ``extra``."""
+        m = self.cfg.model
+        # Training normalised with batch statistics; eval mode needs per-truncation standing statistics (BigGAN).
+        module.model.update_standing_stats(batches=m.standing_batches, batch_size=64, seed=self.cfg.seed)
+        extra = {"run_config": run_config, "classes": list(m.classes), "generator_steps": int(module.g_steps),
+                 "default_truncation": m.sample_truncation}
+        return ckpt.save(module.model, path, metrics=metrics, extra=extra)
