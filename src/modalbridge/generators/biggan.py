@@ -134,8 +134,9 @@ class SpectralNormed(nn.Module):
             u, v = u.clone(), v.clone()
         elif not torch.is_grad_enabled():
             key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (w, u, v))
-            if self._cache is None or self._cache[0] != key:
-                self._cache = (key, w / torch.dot(u, torch.mv(mat, v)))
+            if self._cache is None or self._cache[0] != key:  # conv weights kept channels-last, as oneDNN wants
+                w_sn = w / torch.dot(u, torch.mv(mat, v))
+                self._cache = (key, w_sn.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w_sn)
             return self._cache[1]
         return w / torch.dot(u, torch.mv(mat, v))
 
@@ -158,6 +159,8 @@ class SNConv2d(SpectralNormed):
         w, b = self.weight(), self.bias
         if keep is not None:
             w, b = w[:keep], None if b is None else b[:keep]
+        if w.shape[-1] == 1:  # on channels-last input a 1x1 conv is one GEMM over (B*H*W, C); oneDNN's is slower
+            return F.linear(x.permute(0, 2, 3, 1), w.flatten(1), b).permute(0, 3, 1, 2)  # (B, C_out, H, W)
         return F.conv2d(x, w, b, padding=w.shape[-1] // 2)
 
 
@@ -230,7 +233,7 @@ class SelfAttention(nn.Module):
         q = self.snconv1x1_theta(x).flatten(2).transpose(1, 2)  # (B, HW, C/8)
         k = F.max_pool2d(self.snconv1x1_phi(x), 2).flatten(2).transpose(1, 2)  # (B, HW/4, C/8)
         v = F.max_pool2d(self.snconv1x1_g(x), 2).flatten(2).transpose(1, 2)  # (B, HW/4, C/2)
-        o = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, HW, C/2)
+        o = torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v  # (B, HW, HW/4) @ (B, HW/4, C/2) -> (B, HW, C/2)
         o = o.transpose(1, 2).reshape(B, C // 2, H, W)  # (B, C/2, H, W)
         return x + self.gamma * self.snconv1x1_o_conv(o)  # (B, C, H, W)
 
@@ -255,17 +258,22 @@ class GenBlock(nn.Module):
         self.conv_3 = SNConv2d(mid, c_out, 1, eps=eps)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, t: float) -> torch.Tensor:
-        h = self.conv_0(F.relu(self.bn_0(x, t, c)))  # (B, C_in/4, H, W)
-        h = F.relu(self.bn_1(h, t, c))
+        # in-place ReLUs are autograd-safe here: the norm's backward does not need its output
+        h = self.conv_0(F.relu(self.bn_0(x, t, c), inplace=True))  # (B, C_in/4, H, W)
+        h = F.relu(self.bn_1(h, t, c), inplace=True)
         if self.upsample:
             h = F.interpolate(h, scale_factor=2, mode="nearest")  # (B, C_in/4, 2H, 2W)
         h = self.conv_1(h)
-        h = self.conv_2(F.relu(self.bn_2(h, t, c)))
-        h = self.conv_3(F.relu(self.bn_3(h, t, c)))  # (B, C_out, H', W')
-        x = x[:, : self.c_out]
-        if self.upsample:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return h + x  # (B, C_out, H', W')
+        h = self.conv_2(F.relu(self.bn_2(h, t, c), inplace=True))
+        h = self.conv_3(F.relu(self.bn_3(h, t, c), inplace=True))  # (B, C_out, H', W')
+        x = x[:, : self.c_out]  # (B, C_out, H, W)
+        if not self.upsample:
+            return h + x
+        # h + nearest-2x(x) without materialising the upsampled x: one broadcast add on (B, H, 2, W, 2, C) views
+        B, C, H2, W2 = h.shape
+        h6 = h.permute(0, 2, 3, 1).reshape(B, H2 // 2, 2, W2 // 2, 2, C)  # a view for channels-last h
+        out = h6 + x.permute(0, 2, 3, 1)[:, :, None, :, None]  # (B, H, 2, W, 2, C)
+        return out.reshape(B, H2, W2, C).permute(0, 3, 1, 2)  # (B, C_out, 2H, 2W), channels-last
 
 
 class Generator(nn.Module):
@@ -288,11 +296,13 @@ class Generator(nn.Module):
 
     def forward(self, c: torch.Tensor, t: float) -> torch.Tensor:
         h = self.gen_z(c)  # (B, 4 * 4 * C0)
-        h = h.view(c.shape[0], 4, 4, -1).permute(0, 3, 1, 2)  # TF's (B, H, W, C) order -> (B, C0, 4, 4)
+        # TF's (B, H, W, C) order read as (B, C0, 4, 4) is channels-last in memory, which oneDNN's CPU convolutions
+        # run fastest on (no layout reorders around every conv); every later op keeps that layout.
+        h = h.view(c.shape[0], 4, 4, -1).permute(0, 3, 1, 2)  # (B, C0, 4, 4)
         for layer in self.layers:
             h = layer(h, c, t) if isinstance(layer, GenBlock) else layer(h)  # (B, C, H, W)
         h = F.relu(self.bn(h, t))
-        return torch.tanh(self.conv_to_rgb(h, keep=self.config.out_channels))  # (B, out_channels, H, W)
+        return torch.tanh(self.conv_to_rgb(h, keep=self.config.out_channels)).contiguous()  # (B, out_channels, H, W)
 
 
 @MODELS.register("biggan_deep")
