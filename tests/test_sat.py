@@ -128,3 +128,27 @@ def test_save_load_roundtrip(tmp_path):
     feats, ids, _ = batch()
     torch.testing.assert_close(loaded(feats, ids).logits, model(feats, ids).logits)
     assert loaded.config == model.config
+
+
+@pytest.mark.parametrize("cls", [ShowTell, ShowAttendTell])
+def test_beam_one_equals_greedy(cls):
+    from modalbridge.captioning import decoding
+
+    torch.manual_seed(1)
+    model = cls(tiny(vocab_size=12)).eval()
+    with torch.no_grad():  # a less flat random output layer gives varied captions
+        torch.nn.init.normal_(model.out.weight, std=1.0)
+    feats = torch.randn(6, P, C) * 3
+    memory = feats if model.feature == "grid" else feats.mean(1)
+    kw = dict(bos_id=1, eos_id=2, max_len=8)
+    greedy = decoding.greedy(model, memory, **kw)
+    beam1 = decoding.beam_search(model, memory, beam_size=1, **kw)
+    assert greedy.tokens == beam1.tokens and greedy.finished == beam1.finished
+    assert len({tuple(t) for t in greedy.tokens}) >= 2  # not one degenerate caption for every image
+    torch.testing.assert_close(torch.tensor(greedy.logprob), torch.tensor(beam1.logprob))
+    if cls is ShowAttendTell:
+        for a, b, toks in zip(greedy.attention, beam1.attention, greedy.tokens, strict=True):
+            assert a.shape == (len(toks), P)
+            torch.testing.assert_close(a, b)
+    else:
+        assert greedy.attention is None

@@ -54,6 +54,9 @@ BUILTIN_MODULES = [
     "modalbridge.vision.classifier",
     "modalbridge.t2i.mapper",
     "modalbridge.t2i.train",
+    "modalbridge.captioning.sat",
+    "modalbridge.captioning.clipcap",
+    "modalbridge.captioning.train",
 ]
 
 

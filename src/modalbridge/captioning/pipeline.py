@@ -1,0 +1,283 @@
+"""Image -> caption: load a trained captioner once, caption images, evaluate on a dataset split.
+
+    captioner = load_captioner("runs/sat_coco/.../model")        # or None: the embedded "caption-fashion"
+    captioner.caption(["a.jpg", pil_image, raw_bytes], beam=3)   # [{"image", "caption", "logprob", "words", ...}]
+    evaluate(captioner, records, beam=3)                         # {"BLEU-1".."BLEU-4", "METEOR", ..., "n_images"}
+
+A captioning model directory holds the decoder (``show_tell``, ``show_attend_tell`` or ``clipcap``), its vocabulary
+and, in ``config.json``, the image encoder it was trained on (and ClipCap's LM); the encoder is rebuilt from that
+name or path. The web app (:mod:`modalbridge.app`) and the CLI both call these functions.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from modalbridge import assets
+from modalbridge import checkpoint as ckpt
+from modalbridge.errors import UserError
+
+DEFAULT_MODEL = "caption-fashion"
+CAPTION_MODEL_TYPES = ("show_tell", "show_attend_tell", "clipcap")
+MAX_BEAM = 20
+
+
+def _check_beam(beam: int) -> int:
+    if not isinstance(beam, int) or isinstance(beam, bool) or not 1 <= beam <= MAX_BEAM:
+        raise UserError(f"beam must be an integer from 1 to {MAX_BEAM}, got {beam!r}")
+    return beam
+
+
+@torch.no_grad()
+def decode_features(
+    model, features: torch.Tensor, beam: int = 3, batch_size: int = 64, device=None, max_len: int | None = None
+) -> list[dict]:
+    """Decode cached features ``(N, ...)`` with beam search (greedy for ``beam=1``).
+
+    Returns one dict per image: ``tokens`` (generated ids, without ``<bos>``, up to and excluding ``<eos>``),
+    ``logprob`` (sum of the token log-probabilities, ``<eos>`` included) and ``attention`` (``(len(tokens), P)``
+    tensor or None).
+    """
+    from modalbridge.captioning import decoding
+
+    _check_beam(beam)
+    c = model.config
+    max_len = max_len or c.max_len
+    device = device or next(model.parameters()).device
+    out: list[dict] = []
+    for lo in range(0, len(features), batch_size):
+        memory = features[lo : lo + batch_size].to(device).float()
+        if beam == 1:
+            res = decoding.greedy(model, memory, bos_id=c.bos_id, eos_id=c.eos_id, max_len=max_len)
+        else:
+            res = decoding.beam_search(model, memory, beam_size=beam, bos_id=c.bos_id, eos_id=c.eos_id,
+                                       max_len=max_len)
+        out.extend(_unpack(res, c.eos_id))
+    return out
+
+
+def _unpack(res, eos_id: int) -> list[dict]:
+    """decoding.py's batch result -> per-image dicts (tokens cut at <eos>)."""
+    items = []
+    for hyp in res:
+        tokens = [int(t) for t in hyp.tokens]
+        if eos_id in tokens:
+            tokens = tokens[: tokens.index(eos_id)]
+        attn = getattr(hyp, "attention", None)
+        if attn is not None:
+            attn = attn[: len(tokens)].detach().float().cpu()
+        items.append({"tokens": tokens, "logprob": float(hyp.logprob), "attention": attn})
+    return items
+
+
+class Captioner:
+    """A loaded captioning model with its image encoder and vocabulary; reuse it for many calls.
+
+    Args:
+        model: a caption decoder (:mod:`.sat` or :mod:`.clipcap`) in eval mode.
+        encoder: the :class:`~modalbridge.vision.encoders.ImageEncoder` named in the model's config.
+        vocab: the word :class:`~modalbridge.captioning.vocab.Vocab` (None for ClipCap: the LM tokenizer decodes).
+        source: where the model came from (for messages).
+    """
+
+    def __init__(self, model, encoder, vocab=None, source: str = "", device: str | torch.device = "cpu"):
+        self.model = model.eval().to(device)
+        self.encoder = encoder.eval().to(device)
+        self.vocab = vocab
+        self.source = source
+        self.device = torch.device(device)
+        self.metrics = None
+
+    @property
+    def has_attention(self) -> bool:
+        return self.model.model_type == "show_attend_tell"
+
+    def words(self, tokens: list[int]) -> list[str]:
+        """Display tokens of ``tokens``, aligned one-to-one with attention rows."""
+        if self.vocab is not None:
+            return [self.vocab.itos[t] if 0 <= t < len(self.vocab) else "<unk>" for t in tokens]
+        tok = self.model.tokenizer
+        return [tok.decode([t]).strip() for t in tokens]
+
+    def text(self, tokens: list[int]) -> str:
+        if self.vocab is not None:
+            return self.vocab.decode(tokens)
+        return self.model.decode_text(tokens)
+
+    def _load(self, image: Any) -> tuple[str | None, Image.Image]:
+        from modalbridge.vision.io import load_image
+
+        if isinstance(image, Image.Image):
+            return None, image.convert("RGB")
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return None, load_image(bytes(image))
+        return str(image), load_image(image)
+
+    @torch.no_grad()
+    def caption(self, images: list, beam: int = 3, max_len: int | None = None, batch_size: int = 16) -> list[dict]:
+        """Caption ``images`` (paths, raw bytes or PIL images).
+
+        Returns one dict per image: ``image`` (the path, or None), ``caption``, ``logprob`` (sum of token
+        log-probabilities), ``words`` (the generated tokens as text) and ``attention`` (``(len(words), P)`` nested
+        list, Show-Attend-Tell only, else None).
+
+        Raises:
+            UserError: an unreadable, empty, truncated or oversized image (all images are checked before decoding).
+        """
+        _check_beam(beam)
+        loaded = [self._load(im) for im in images]
+        out = []
+        for lo in range(0, len(loaded), batch_size):
+            chunk = loaded[lo : lo + batch_size]
+            enc = self.encoder.encode([im for _, im in chunk])
+            memory = enc.grid if self.model.feature == "grid" else enc.pooled
+            for (name, _), res in zip(chunk, decode_features(self.model, memory, beam=beam, max_len=max_len,
+                                                             device=self.device), strict=True):
+                attn = res["attention"]
+                out.append({
+                    "image": name,
+                    "caption": self.text(res["tokens"]),
+                    "logprob": res["logprob"],
+                    "words": self.words(res["tokens"]),
+                    "attention": attn.tolist() if attn is not None and self.has_attention else None,
+                })
+        return out
+
+
+def resolve_model(spec: str | Path | None) -> Path:
+    """Model spec -> model directory; None = the embedded default."""
+    if spec is None or str(spec).strip() == "":
+        found = assets.embedded(DEFAULT_MODEL)
+        if found is None:
+            raise UserError(
+                f"the default captioning model '{DEFAULT_MODEL}' is not built into this install yet; pass --model "
+                "with a model directory (e.g. runs/<name>/<time>/model from `modalbridge train configs/caption/...`)"
+            )
+        return found
+    path = assets.resolve(str(spec))
+    if not path.is_dir():
+        raise UserError(f"{path} is not a captioning model directory")
+    return path
+
+
+def load_captioner(spec: str | Path | None = None, device: str | torch.device = "cpu") -> Captioner:
+    """Load a captioning model directory (path, embedded name, or None for ``caption-fashion``) and its encoder."""
+    from modalbridge.captioning import clipcap, sat  # noqa: F401 - register the model types
+    from modalbridge.captioning.vocab import Vocab
+    from modalbridge.vision.encoders import build_encoder
+
+    path = resolve_model(spec)
+    model = ckpt.load(path, expected=CAPTION_MODEL_TYPES)
+    vocab = None
+    if model.model_type != "clipcap":
+        data = ckpt.read_json_file(path / ckpt.VOCAB_NAME)
+        if data is None:
+            raise UserError(f"{path} has no {ckpt.VOCAB_NAME}; a captioning model needs its vocabulary")
+        vocab = Vocab.from_dict(data)
+        if len(vocab) != model.config.vocab_size:
+            raise UserError(
+                f"{path}: vocab.json has {len(vocab)} words but the model expects {model.config.vocab_size}"
+            )
+    encoder = build_encoder(model.config.encoder)
+    if encoder.dim != model.config.feature_dim:
+        raise UserError(f"{path}: encoder '{model.config.encoder}' gives {encoder.dim}-d features, the model was "
+                        f"trained on {model.config.feature_dim}-d")
+    cap = Captioner(model, encoder, vocab, source=str(path), device=device)
+    cap.metrics = ckpt.read_json_file(path / ckpt.METRICS_NAME)
+    return cap
+
+
+def evaluate(
+    captioner: Captioner,
+    records: list,
+    beam: int = 3,
+    batch_size: int = 16,
+    meteor: bool = True,
+    lang: str = "en",
+    progress: bool = False,
+) -> dict:
+    """Caption every record's image and score against its references with the COCO metrics.
+
+    Args:
+        records: :class:`~modalbridge.captioning.datasets.CaptionRecord` items (``image_id``, ``path``, ``captions``).
+        meteor: include METEOR (starts a JVM).
+
+    Returns:
+        ``{"BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "n_images"}``.
+    """
+    from tqdm.auto import tqdm
+
+    from modalbridge.metrics import score
+
+    records = list(records)
+    if not records:
+        raise UserError("no images to evaluate")
+    refs, hyps = {}, {}
+    bar = tqdm(total=len(records), desc="captioning", unit="img", disable=not progress)
+    for lo in range(0, len(records), batch_size):
+        chunk = records[lo : lo + batch_size]
+        results = captioner.caption([r.path for r in chunk], beam=beam, batch_size=batch_size)
+        for i, (r, res) in enumerate(zip(chunk, results, strict=True)):
+            key = f"{lo + i}:{r.image_id}"
+            refs[key] = list(r.captions)
+            hyps[key] = res["caption"]
+        bar.update(len(chunk))
+    bar.close()
+    scores = score(refs, hyps, lang=lang, meteor=meteor)
+    scores["n_images"] = len(records)
+    return scores
+
+
+# --------------------------------------------------------------------------------------------- attention
+def _heat_rgb(a: np.ndarray) -> np.ndarray:
+    """``(H, W)`` in [0, 1] -> ``(H, W, 3)`` in [0, 1]: a black-red-yellow-white ramp."""
+    return np.stack([np.clip(3 * a, 0, 1), np.clip(3 * a - 1, 0, 1), np.clip(3 * a - 2, 0, 1)], -1)
+
+
+def attention_overlay(image: Image.Image, word: str, attention, size: int = 256) -> Image.Image:
+    """One word's attention ``(P,)`` over a square grid, upsampled over the image, with the word as the title."""
+    a = torch.as_tensor(attention, dtype=torch.float32).reshape(-1)  # (P,)
+    side = math.isqrt(a.numel())
+    if side * side != a.numel():
+        raise UserError(f"attention over {a.numel()} regions is not a square grid; cannot draw it")
+    base = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    grid = a.view(1, 1, side, side)
+    heat = torch.nn.functional.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-8)  # (S, S) in [0, 1]
+    rgb = np.asarray(base, dtype=np.float32) / 255  # (S, S, 3)
+    mix = 0.45 * rgb + 0.55 * _heat_rgb(heat.numpy()) * (0.3 + 0.7 * heat.numpy()[..., None])
+    title_h = 28
+    canvas = Image.new("RGB", (size, size + title_h), (255, 255, 255))
+    canvas.paste(Image.fromarray((mix.clip(0, 1) * 255).astype(np.uint8)), (0, title_h))
+    draw = ImageDraw.Draw(canvas)
+    try:
+        font = ImageFont.load_default(size=18)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    w = draw.textlength(word, font=font)
+    draw.text(((size - w) / 2, 4), word, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def save_attention_maps(image: Image.Image, words: list[str], attention, out_dir: str | Path, stem: str) -> list[Path]:
+    """Write ``<out_dir>/<stem>_<NN>_<word>.png`` per word; returns the paths."""
+    from modalbridge.checkpoint import atomic_write_bytes
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (word, att) in enumerate(zip(words, attention, strict=False)):
+        safe = "".join(ch if ch.isalnum() else "_" for ch in word)[:32] or "tok"
+        buf = io.BytesIO()
+        attention_overlay(image, word, att).save(buf, format="PNG")
+        path = out_dir / f"{stem}_{i:02d}_{safe}.png"
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths

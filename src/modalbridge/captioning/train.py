@@ -1,0 +1,303 @@
+"""Training task ``caption``: a caption decoder on cached image features, selected by decoded CIDEr.
+
+``modalbridge train configs/caption/sat_coco.yaml`` runs it. Steps:
+
+1. read the dataset (``data.data`` SPEC, see :mod:`modalbridge.captioning.datasets`), split train/val;
+2. encode every image once with the frozen ``data.encoder`` into the feature cache (:mod:`.features`);
+3. build the vocabulary from the training captions (a :class:`~modalbridge.captioning.vocab.Vocab`, or the LM's
+   subword tokenizer for ClipCap; with ``init_from`` the pretrained model's vocabulary is reused);
+4. train with teacher-forced cross-entropy (+ Show, Attend and Tell's attention regulariser), one sample per
+   (image, caption) pair;
+5. validate with the teacher-forced loss (``val/loss``) *and* with real decoding: beam search over the first
+   ``val_cider_images`` validation images, scored by :func:`modalbridge.metrics.score` without METEOR, logged as
+   ``val/CIDEr``, ``val/BLEU-4``, ``val/ROUGE-L``; ``checkpoint.monitor: val/CIDEr`` (mode max) keeps the best model;
+6. export ``run_dir/model``: ``config.json`` (decoder config incl. encoder and LM names and dims),
+   ``model.safetensors``, ``vocab.json``, ``metrics.json``.
+
+Which decoder: ``model.arch`` names an entry of :data:`~modalbridge.captioning.sat.DECODERS`; ``model.params`` are
+fields of its config class (dims, dropout, ``lm`` for ClipCap, ...). Fields that follow from the data (vocabulary
+size, feature dims, encoder, special ids) are filled in here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+
+from modalbridge import checkpoint as ckpt
+from modalbridge.captioning.sat import DECODERS, IGNORE
+from modalbridge.config import from_dict
+from modalbridge.errors import UserError
+from modalbridge.registry import TASKS
+from modalbridge.training.engine import make_loader
+from modalbridge.training.task import BridgeModule, Task
+
+
+@dataclass
+class CaptionDataConfig:
+    data: str = ""  # dataset SPEC, e.g. "coco-karpathy:/data/coco/dataset_coco.json" or "folder:/data/scenes"
+    train_split: str = "train"
+    val_split: str = "val"
+    encoder: str = "efficientnet-lite0"  # image encoder name or path (frozen; features are cached)
+    cache_dir: str = "cache/features"
+    feature_dtype: Literal["float16", "float32", "bfloat16"] = "float16"
+    extract_batch_size: int = 32
+    extract_device: str = "cpu"
+    num_workers: int = 0
+    batch_size: int = 32
+    max_len: int = 20  # words (SAT) or LM tokens (ClipCap) per training caption; longer ones are truncated
+    min_freq: int = 5  # vocabulary threshold (words seen fewer times become <unk>)
+    max_vocab: int | None = None
+    lower: bool = True
+    max_train_images: int = 0  # 0 = all; a prefix of the split for quick runs
+    max_val_images: int = 0  # 0 = all; images used for the teacher-forced val/loss
+    val_cider_images: int = 500  # images decoded for val/CIDEr at each validation; 0 = all val images
+    val_beam: int = 3
+    val_tokenizer: Literal["auto", "ptb", "unicode"] = "auto"  # metric tokenizer; "unicode" needs no Java
+    lang: str = "en"
+
+
+@dataclass
+class CaptionModelConfig:
+    arch: str = "show_attend_tell"  # a registered caption decoder: show_tell, show_attend_tell, clipcap
+    params: dict[str, Any] = field(default_factory=dict)  # fields of the decoder's config class
+
+
+# ---------------------------------------------------------------------------------------------------- data
+class PairSet(torch.utils.data.Dataset):
+    """(image row, token ids) pairs over an in-memory feature tensor."""
+
+    def __init__(self, features: torch.Tensor, pairs: list[tuple[int, list[int]]]):
+        self.features, self.pairs = features, pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        row, ids = self.pairs[i]
+        return self.features[row], ids
+
+
+def make_collate(pad_id: int):
+    """Batch of (features, ids) -> features ``(B, ...)`` float, input_ids ``(B, T)``, targets ``(B, T)``."""
+
+    def collate(items):
+        feats = torch.stack([f for f, _ in items]).float()
+        T = max(len(ids) for _, ids in items) - 1
+        input_ids = torch.full((len(items), T), pad_id, dtype=torch.long)
+        targets = torch.full((len(items), T), IGNORE, dtype=torch.long)
+        for i, (_, ids) in enumerate(items):
+            n = len(ids) - 1
+            input_ids[i, :n] = torch.tensor(ids[:-1])
+            targets[i, :n] = torch.tensor(ids[1:])
+        return feats, input_ids, targets
+
+    return collate
+
+
+@dataclass
+class Split:
+    records: list  # CaptionRecord
+    features: torch.Tensor  # (N, P, C) or (N, C), storage dtype
+    pairs: list[tuple[int, list[int]]]
+
+
+class Text:
+    """Caption text <-> ids for either a word Vocab (SAT) or a ClipCap LM tokenizer."""
+
+    def __init__(self, vocab=None, model=None, max_len: int = 20):
+        self.vocab, self.model, self.max_len = vocab, model, max_len
+
+    def encode(self, caption: str) -> list[int]:
+        if self.vocab is not None:
+            return self.vocab.encode(caption, max_len=self.max_len)
+        return self.model.encode_text(caption, max_len=self.max_len)
+
+    def decode(self, ids) -> str:
+        if self.vocab is not None:
+            return self.vocab.decode(ids)
+        return self.model.decode_text(ids)
+
+
+def _records(spec: str) -> list:
+    from modalbridge.captioning import datasets
+
+    if not spec:
+        raise UserError("data.data is empty: give a dataset SPEC (see modalbridge.captioning.datasets)")
+    return list(datasets.load(spec))
+
+
+def _split(records: list, name: str, limit: int) -> list:
+    out = [r for r in records if r.split == name]
+    if not out:
+        splits = sorted({r.split for r in records})
+        raise UserError(f"dataset has no '{name}' split (splits: {', '.join(splits) or 'none'})")
+    return out[:limit] if limit > 0 else out
+
+
+class CaptionData(pl.LightningDataModule):
+    def __init__(self, task: CaptionTask):
+        super().__init__()
+        self.task = task
+
+    def train_dataloader(self):
+        t = self.task
+        return make_loader(PairSet(t.train_data.features, t.train_data.pairs), t.cfg.data.batch_size, True, t.cfg.seed,
+                           self.trainer, collate_fn=make_collate(t.pad_id), num_workers=t.cfg.data.num_workers)
+
+    def val_dataloader(self):
+        t = self.task
+        return make_loader(PairSet(t.val_data.features, t.val_data.pairs), t.cfg.data.batch_size, False, t.cfg.seed,
+                           self.trainer, collate_fn=make_collate(t.pad_id), num_workers=t.cfg.data.num_workers)
+
+
+# -------------------------------------------------------------------------------------------------- module
+class CaptionModule(BridgeModule):
+    def __init__(self, model, optim_cfg, task: CaptionTask):
+        super().__init__(model, optim_cfg)
+        self.task = task
+
+    def training_step(self, batch, batch_idx):
+        feats, input_ids, targets = batch
+        out = self.model(feats, input_ids, targets)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(feats))
+        return out.loss
+
+    def validation_step(self, batch, batch_idx):
+        feats, input_ids, targets = batch
+        out = self.model(feats, input_ids, targets)
+        self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=len(feats))
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            return
+        # Every rank decodes the same images, so the monitored metric exists (and agrees) on all of them.
+        scores = self.task.decode_and_score(self.model, device=self.device)
+        for key in ("CIDEr", "BLEU-4", "ROUGE-L"):
+            self.log(f"val/{key}", float(scores[key]), prog_bar=key == "CIDEr")
+
+
+# ---------------------------------------------------------------------------------------------------- task
+@TASKS.register("caption")
+class CaptionTask(Task):
+    DataConfig = CaptionDataConfig
+    ModelConfig = CaptionModelConfig
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._prepared = False
+
+    # The model's dims follow from the data (vocabulary, features), so the data is prepared first.
+    def prepare(self) -> None:
+        if self._prepared:
+            return
+        from modalbridge.captioning import features
+        from modalbridge.vision.encoders import build_encoder
+
+        d, m = self.cfg.data, self.cfg.model
+        cls = DECODERS.get_entry(m.arch)
+        records = _records(d.data)
+        train_recs = _split(records, d.train_split, d.max_train_images)
+        # Validation needs features for the val/loss images and the val/CIDEr images (prefixes of the split).
+        limit = max(d.max_val_images, d.val_cider_images) if d.max_val_images > 0 and d.val_cider_images > 0 else 0
+        val_recs = _split(records, d.val_split, limit)
+        encoder = build_encoder(d.encoder)
+        enc = encoder.describe()
+        params = dict(m.params)
+        feature = params.get("feature", getattr(cls, "feature", "grid"))
+        caches = [
+            features.extract(encoder, [r.path for r in recs], d.cache_dir, batch_size=d.extract_batch_size,
+                             store_grid=feature == "grid", dtype=d.feature_dtype, num_workers=d.num_workers,
+                             device=d.extract_device)
+            for recs in (train_recs, val_recs)
+        ]
+        del encoder
+        self.model = self._build_model(cls, params, enc, [c for r in train_recs for c in r.captions])
+        self.feature = self.model.feature
+        self.text = Text(self.vocab, None if self.vocab is not None else self.model, d.max_len)
+        self.pad_id = self.model.config.pad_id
+        self.train_data = self._make_split(train_recs, caches[0].get(self.feature))
+        n_val = d.max_val_images if d.max_val_images > 0 else len(val_recs)
+        self.val_data = self._make_split(val_recs[:n_val], caches[1].get(self.feature)[:n_val])
+        n_cider = d.val_cider_images if d.val_cider_images > 0 else len(val_recs)
+        self.cider_records = val_recs[:n_cider]
+        self.cider_features = caches[1].get(self.feature)[:n_cider]
+        self._prepared = True
+
+    def _build_model(self, cls, params: dict, enc: dict, train_captions: list[str]):
+        from modalbridge.captioning.vocab import Vocab
+
+        d = self.cfg.data
+        derived = {"feature_dim": enc["feature_dim"], "num_positions": enc["num_positions"],
+                   "encoder": enc["encoder"], "encoder_kind": enc["encoder_kind"]}
+        if cls.model_type == "clipcap":
+            from modalbridge.captioning.clipcap import ClipCap, ClipCapConfig, load_lm, special_ids
+
+            lm, tok = load_lm(params.get("lm", ClipCapConfig.lm))
+            bos, eos, pad = special_ids(tok)
+            derived.update(lm_dim=lm.get_input_embeddings().weight.shape[1], bos_id=bos, eos_id=eos, pad_id=pad,
+                           vocab_size=lm.get_output_embeddings().weight.shape[0])
+            config = from_dict(ClipCapConfig, {**params, **derived}, prefix="model.params.")
+            self.vocab = None
+            return ClipCap(config, lm=lm, tokenizer=tok)
+        if self.cfg.init_from:
+            self.vocab = _vocab_of(self.cfg.init_from)
+        else:
+            self.vocab = Vocab.build(train_captions, min_freq=d.min_freq, max_size=d.max_vocab, lower=d.lower)
+        v = self.vocab
+        derived.update(vocab_size=len(v), pad_id=v.pad_id, bos_id=v.bos_id, eos_id=v.eos_id)
+        config = from_dict(cls.config_class, {**params, **derived}, prefix="model.params.")
+        return cls(config)
+
+    def _make_split(self, records: list, feats: torch.Tensor) -> Split:
+        pairs = [(i, self.text.encode(c)) for i, r in enumerate(records) for c in r.captions]
+        if not pairs:
+            raise UserError("a split has images but no captions")
+        return Split(records, feats, pairs)
+
+    def build_module(self) -> CaptionModule:
+        self.prepare()
+        return CaptionModule(self.model, self.cfg.optim, self)
+
+    def build_datamodule(self) -> CaptionData:
+        self.prepare()
+        return CaptionData(self)
+
+    @torch.no_grad()
+    def decode_and_score(self, model, device=None, batch_size: int = 64) -> dict:
+        """Beam-search the CIDEr images with ``model`` and score them against their references."""
+        from modalbridge.captioning.pipeline import decode_features
+        from modalbridge.metrics import score
+
+        d = self.cfg.data
+        was_training = model.training
+        model.eval()
+        try:
+            seqs = decode_features(model, self.cider_features, beam=d.val_beam, batch_size=batch_size, device=device)
+        finally:
+            model.train(was_training)
+        hyps = {str(i): self.text.decode(s["tokens"]) for i, s in enumerate(seqs)}
+        refs = {str(i): list(r.captions) for i, r in enumerate(self.cider_records)}
+        return score(refs, hyps, lang=d.lang, meteor=False, tokenizer=d.val_tokenizer)
+
+    def export(self, module, path: Path, metrics: dict, run_config: dict) -> Path:
+        vocab = self.vocab.to_dict() if self.vocab is not None else {
+            "format": "modalbridge.lm-tokenizer/1", "lm": module.model.config.lm}
+        extra = {"run_config": run_config, "data": self.cfg.data.data, "task": "caption"}
+        return ckpt.save(module.model, path, vocab=vocab, metrics=metrics, extra=extra)
+
+
+def _vocab_of(source: str | Path):
+    """The vocabulary of a model directory (or a run dir's ``model/``), for fine-tuning with ``init_from``."""
+    from modalbridge.captioning.vocab import Vocab
+
+    source = Path(source)
+    model_dir = source / "model" if (source / "model" / ckpt.CONFIG_NAME).is_file() else source
+    data = ckpt.read_json_file(model_dir / ckpt.VOCAB_NAME)
+    if data is None:
+        raise UserError(f"init_from {source}: no {ckpt.VOCAB_NAME}; cannot reuse its vocabulary")
+    return Vocab.from_dict(data)

@@ -1,0 +1,171 @@
+"""The ``caption`` task end to end on a fixture dataset: feature cache, training through the engine, CIDEr-based
+validation, export, and the exported model captioning images."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modalbridge.registry import load_builtins
+
+ROOT = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210)}
+SHAPES = ["square", "stripe"]
+
+
+def make_fixture(root: Path, n_train: int = 18, n_val: int = 6, n_test: int = 4, seed: int = 0) -> Path:
+    """Images of a coloured shape on noise, captions naming both, in the ``folder:`` jsonl format."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for i in range(n):
+            colour = list(COLOURS)[i % 3]
+            shape = SHAPES[(i // 3) % 2]
+            arr = rng.integers(0, 60, (48, 64, 3), dtype=np.uint8)
+            if shape == "square":
+                arr[12:36, 20:44] = COLOURS[colour]
+            else:
+                arr[:, 26:38] = COLOURS[colour]
+            name = f"{split}_{i:03d}.png"
+            Image.fromarray(arr).save(root / name)
+            caps = [f"a {colour} {shape}", f"the {shape} is {colour}", f"one {colour} {shape} on noise"]
+            lines.append(json.dumps({"image": name, "captions": caps, "split": split}))
+    (root / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def tiny_resnet(path: Path) -> Path:
+    from transformers import ResNetConfig, ResNetModel
+    from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+
+    torch.manual_seed(0)
+    cfg = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="basic")
+    ResNetModel(cfg).save_pretrained(path)
+    ConvNextImageProcessorPil(size={"shortest_edge": 64}, crop_pct=0.875).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train sat_tiny for a few epochs; returns (run_dir, data_dir, cache_dir)."""
+    from modalbridge.training import engine
+
+    load_builtins()
+    tmp = tmp_path_factory.mktemp("caption_train")
+    data = make_fixture(tmp / "data")
+    enc = tiny_resnet(tmp / "encoder")
+    cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", [
+        f"run_root={tmp / 'runs'}", f"data.data=folder:{data}", f"data.encoder={enc}",
+        f"data.cache_dir={tmp / 'cache'}", "trainer.max_epochs=6", "data.batch_size=6", "optim.lr=0.01",
+    ])
+    run_dir = engine.train(cfg)
+    return run_dir, data, tmp / "cache", enc
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "logs" / "csv" / "metrics.csv", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_lowers_loss_and_logs_cider(trained):
+    run_dir, *_ = trained
+    rows = _metrics(run_dir)
+    train_loss = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(train_loss) >= 10
+    assert np.mean(train_loss[-3:]) < 0.6 * np.mean(train_loss[:3])
+    val_loss = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    cider = [float(r["val/CIDEr"]) for r in rows if r.get("val/CIDEr")]
+    assert len(val_loss) == len(cider) == 6  # one of each per epoch (sanity check does not log CIDEr)
+    assert val_loss[-1] < val_loss[0]
+    assert max(cider) > 0.0 and all(np.isfinite(cider))
+
+
+def test_export_has_vocab_metrics_and_best_cider_checkpoint(trained):
+    run_dir, _, cache, enc = trained
+    model_dir = run_dir / "model"
+    meta = json.loads((model_dir / "config.json").read_text())
+    assert meta["model_type"] == "show_attend_tell"
+    assert meta["config"]["encoder"] == str(enc) and meta["config"]["feature_dim"] == 32
+    assert meta["config"]["num_positions"] == 4
+    vocab = json.loads((model_dir / "vocab.json").read_text())
+    assert {"red", "green", "blue", "square", "stripe"} <= set(vocab["itos"])
+    assert meta["config"]["vocab_size"] == len(vocab["itos"])
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    cider = [float(r["val/CIDEr"]) for r in _metrics(run_dir) if r.get("val/CIDEr")]
+    assert metrics["best/val/CIDEr"] == pytest.approx(max(cider), abs=1e-5)
+    # The feature cache was written once per image list (train, val) and is reused.
+    assert len([p for p in cache.iterdir() if (p / "meta.json").is_file()]) == 2
+
+
+def test_exported_model_captions_and_evaluates(trained):
+    from modalbridge.captioning import datasets
+    from modalbridge.captioning.pipeline import evaluate, load_captioner
+
+    run_dir, data, *_ = trained
+    cap = load_captioner(run_dir / "model")
+    records = [r for r in datasets.load(f"folder:{data}") if r.split == "train"][:6]
+    out = cap.caption([r.path for r in records], beam=2)
+    assert len(out) == 6
+    for res in out:
+        assert isinstance(res["caption"], str) and res["caption"]
+        assert np.isfinite(res["logprob"]) and res["logprob"] <= 0
+        assert len(res["words"]) == len(res["attention"]) and len(res["attention"][0]) == 4
+    # Trained on these very images: most captions name the right colour.
+    right = sum(any(c in res["caption"] for c in COLOURS if c in r.captions[0]) for r, res in zip(records, out,
+                                                                                                  strict=True))
+    assert right >= 4
+    scores = evaluate(cap, records, beam=2, meteor=False)
+    assert scores["n_images"] == 6 and scores["CIDEr"] > 0.5
+
+
+def test_feature_cache_reuse_and_resume(tmp_path, trained):
+    from modalbridge.captioning import features
+    from modalbridge.vision.encoders import build_encoder
+
+    _, data, _, enc_dir = trained
+    enc = build_encoder(str(enc_dir))
+    paths = sorted(str(p) for p in data.glob("*.png"))[:10]
+    a = features.extract(enc, paths, tmp_path, batch_size=4, shard_size=4, progress=False)
+    assert a.grid.shape == (10, 4, 32) and a.pooled.shape == (10, 32) and a.grid.dtype == torch.float16
+    assert a.meta["n_shards"] == 3
+    direct = enc.encode([Image.open(p).convert("RGB") for p in paths[:3]])
+    torch.testing.assert_close(a.grid[:3].float(), direct.grid, atol=2e-3, rtol=2e-3)
+    # Interrupted extraction: meta.json and one shard gone -> only that shard is recomputed.
+    (a.dir / "meta.json").unlink()
+    (a.dir / "shard-00001.safetensors").unlink()
+    keep = (a.dir / "shard-00000.safetensors").stat().st_mtime_ns
+    b = features.extract(enc, paths, tmp_path, batch_size=4, shard_size=4, progress=False)
+    assert b.dir == a.dir and (a.dir / "shard-00000.safetensors").stat().st_mtime_ns == keep
+    torch.testing.assert_close(b.grid, a.grid)
+    # Another image list (or order) is another cache.
+    c = features.extract(enc, paths[::-1], tmp_path, batch_size=4, shard_size=4, progress=False, store_grid=False)
+    assert c.dir != a.dir and c.grid is None
+    torch.testing.assert_close(c.pooled.flip(0), a.pooled)
+
+
+def test_bad_config_values_are_user_errors(tmp_path):
+    from modalbridge.captioning.sat import ShowAttendTell
+    from modalbridge.captioning.train import CaptionTask
+    from modalbridge.errors import UserError
+    from modalbridge.training import engine
+
+    load_builtins()
+    data = make_fixture(tmp_path / "d", 3, 0, 0)
+    base = [f"run_root={tmp_path}", f"data.data=folder:{data}"]
+    cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", [*base, "model.params.hidden_dimm=3"])
+    enc = {"feature_dim": 4, "num_positions": 1, "encoder": "e", "encoder_kind": "resnet"}
+    with pytest.raises(UserError, match="model.params.hidden_dimm"):
+        CaptionTask(cfg)._build_model(ShowAttendTell, cfg.model.params, enc, ["a b"])
+    cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", [*base, "model.arch=lstm"])
+    with pytest.raises(UserError, match="unknown caption decoder 'lstm'"):
+        CaptionTask(cfg).prepare()
+    cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", base)
+    with pytest.raises(UserError, match="no 'val' split"):
+        CaptionTask(cfg).prepare()
