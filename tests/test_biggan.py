@@ -24,6 +24,15 @@ MISROUNDED = [0.14, 0.58]
 OFF_GRID = [0.013, 0.337, 0.777, 0.999]  # not halfway: there reversed weights are right
 SPARE_SLOT = 25  # t = 0.5, exact: the reference reads it correctly, so tests can load any stats into it
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These small models spend most of their time in thread hand-offs on a shared 2-core box; one thread is faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TINY = dict(output_dim=16, z_dim=32, class_embed_dim=32, channel_width=8, num_classes=10,
             layers=[(True, 16, 8), (False, 8, 4), (True, 4, 2), (False, 2, 1)], attention_layer_position=2)  # fmt: skip
 

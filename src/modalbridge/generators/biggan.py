@@ -85,11 +85,7 @@ class BigGANConfig:
         Args:
             resolution: output side, a power of two >= 8.
             channel_width: ch, the width of the last stage (a multiple of 4; of 8 with attention).
-            num_classes: K.
-            out_channels: 1 for grayscale, 3 for RGB.
-            attention: add the self-attention block.
-            z_dim: Z, noise size.
-            class_embed_dim: E, class embedding size.
+            out_channels: 1 for grayscale, 3 for RGB. The others are the config fields of the same name.
         """
         n_up = int(math.log2(resolution)) - 2
         if resolution < 8 or 4 * 2**n_up != resolution:
@@ -194,12 +190,11 @@ class StandingBatchNorm(nn.Module):
         neighbouring slot. Slot i holds the statistics measured at t_i, so the right value is ``lerp(m[i], m[i+1], f)``
         with positions within 1e-6 of a grid point snapped to it.
         """
-        pos = t * (self.running_means.shape[0] - 1)
-        i = round(pos)
-        if abs(pos - i) < 1e-6:
-            return self.running_means[i], self.running_vars[i]  # (C,), (C,)
+        m, v = self.running_means, self.running_vars  # (S, C)
+        pos = t * (m.shape[0] - 1)
+        if abs(pos - round(pos)) < 1e-6:
+            return m[round(pos)], v[round(pos)]  # (C,), (C,)
         i, f = math.floor(pos), pos - math.floor(pos)
-        m, v = self.running_means, self.running_vars
         return torch.lerp(m[i], m[i + 1], f), torch.lerp(v[i], v[i + 1], f)  # (C,), (C,)
 
     def forward(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -342,11 +337,10 @@ class BigGAN(nn.Module):
         Returns:
             (B, out_channels, output_dim, output_dim) images in [-1, 1].
         """
-        t = check_truncation(truncation)
-        cfg = self.config
+        t, cfg = check_truncation(truncation), self.config
         if z.dim() != 2 or z.shape[1] != cfg.z_dim or class_embedding.shape != (z.shape[0], cfg.class_embed_dim):
-            raise UserError(f"BigGAN expects z (B, {cfg.z_dim}) and class_embedding (B, {cfg.class_embed_dim}), "
-                            f"got {tuple(z.shape)} and {tuple(class_embedding.shape)}")
+            raise UserError(f"BigGAN expects z (B, {cfg.z_dim}) and class_embedding (B, {cfg.class_embed_dim}), got "
+                            f"{tuple(z.shape)} and {tuple(class_embedding.shape)}")  # fmt: skip
         c = torch.cat([z, class_embedding.to(z.dtype)], dim=1)  # (B, Z + E)
         return self.generator(c, t)  # (B, out_channels, H, W)
 
@@ -359,10 +353,8 @@ class BigGAN(nn.Module):
         Call after training, before sampling in eval mode.
         """
         cfg, norms = self.config, [m for m in self.modules() if isinstance(m, StandingBatchNorm)]
-        was_training = self.training
+        was_training, device, g = self.training, self.embeddings.weight.device, torch.Generator().manual_seed(seed)
         self.eval()
-        g = torch.Generator().manual_seed(seed)
-        device = self.embeddings.weight.device
         try:
             for i in range(cfg.n_stats):
                 t = i / (cfg.n_stats - 1)
@@ -394,17 +386,11 @@ def check_truncation(truncation: float) -> float:
 
 
 def truncated_noise(batch: int, dim: int, truncation: float, seed: int | None = None) -> torch.Tensor:
-    """The truncation trick (paper Sec. 3.1): z ~ N(0, 1) resampled into [-2, 2], times ``truncation``.
-
-    Returns:
-        (batch, dim) float32, reproducible for a given ``seed``.
-    """
+    """(batch, dim) noise for the truncation trick (paper Sec. 3.1): N(0, 1) resampled into [-2, 2], times
+    ``truncation``; reproducible for a given ``seed``."""
     t = check_truncation(truncation)
     g = torch.Generator()
-    if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(seed)
+    g.seed() if seed is None else g.manual_seed(seed)
     z = torch.empty(batch, dim)
     nn.init.trunc_normal_(z, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=g)
     return z * t  # (batch, dim)
