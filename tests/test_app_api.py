@@ -7,6 +7,8 @@ import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,31 +18,60 @@ from PIL import Image
 from modalbridge.app import server as srv
 from modalbridge.errors import UserError
 
-
 # --------------------------------------------------------------------------------------------- fixtures
-def tiny_pipelines(tmp_dir):
-    """Stand-ins until the real pipelines land."""
-    from dataclasses import dataclass
+LABELS = ["shirt", "trouser", "pullover", "dress", "coat", "sandal", "sneaker", "bag", "boot", "hat"]
 
-    @dataclass
-    class Drawn:
-        images: list
-        classes: list
 
-    class Drawer:
-        def draw(self, text, n=1, seed=0, truncation=0.4):
-            if not text.strip():
-                raise UserError("empty text")
-            rng = np.random.default_rng(seed)
-            ims = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
-            return Drawn(ims, [{"label": f"c{i}", "wnid": f"n{i:08d}", "score": 0.2} for i in range(5)])
+def tiny_pipelines(tmp_dir: Path):
+    """The real pipelines, loaded from tiny random model directories built here: text -> image = BERT (hidden 32) +
+    in-span mapper over 10 classes + BigGAN-deep (16 px); image -> text = ResNet (32-d, 2x2 grid) + Show, Attend
+    and Tell (hidden 32, vocab 99)."""
+    import torch
 
-    class Captioner:
-        def caption(self, images, beam=3):
-            return [{"caption": f"a thing {im.size[0]}", "logprob": -1.0 - beam, "words": ["a", "thing"],
-                     "attention": np.ones((2, 49))} for im in images]
+    tmp_dir = Path(tmp_dir)
+    torch.manual_seed(0)
+    with mock.patch("torch.nn.init.orthogonal_", torch.nn.init.normal_):  # BigGAN's QR init: slow, not under test
+        return _build_tiny(tmp_dir)
 
-    return Drawer(), Captioner()
+
+def _build_tiny(tmp_dir: Path):
+    from transformers import BertConfig, BertModel, BertTokenizer, ResNetConfig, ResNetModel
+    from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+
+    from modalbridge import checkpoint
+    from modalbridge.captioning.pipeline import load_captioner
+    from modalbridge.captioning.sat import SATConfig, ShowAttendTell
+    from modalbridge.captioning.vocab import Vocab
+    from modalbridge.generators.biggan import BigGAN, BigGANConfig
+    from modalbridge.t2i.mapper import MapperConfig, T2IMapper
+    from modalbridge.t2i.pipeline import load_pipeline
+    from modalbridge.t2i.vocabulary import VocabClass, Vocabulary
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "the", "red", "blue", "on", "and", *LABELS]
+    text_dir = tmp_dir / "bert"
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=37, max_position_embeddings=64)).save_pretrained(text_dir)
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}, model_max_length=64).save_pretrained(text_dir)
+    generator = BigGAN(BigGANConfig(output_dim=16, z_dim=32, class_embed_dim=32, channel_width=8, num_classes=10,
+                                    layers=[(True, 16, 8), (False, 8, 4), (True, 4, 2), (False, 2, 1)],
+                                    attention_layer_position=2))
+    checkpoint.save(generator, tmp_dir / "generator")
+    classes = Vocabulary([VocabClass(i, f"n{i:08d}", w, [w]) for i, w in enumerate(LABELS)], name="tiny")
+    mapper = T2IMapper(MapperConfig(kind="inspan", text_hidden=32, embed_dim=32, num_classes=10, hidden=32,
+                                    text_encoder=str(text_dir), generator=str(tmp_dir / "generator")),
+                       table=generator.class_embeddings)
+    checkpoint.save(mapper, tmp_dir / "t2i", vocab=classes.to_dict())
+
+    image_dir = tmp_dir / "resnet"
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                             layer_type="basic")).save_pretrained(image_dir)
+    ConvNextImageProcessorPil(size={"shortest_edge": 64}, crop_pct=0.875).save_pretrained(image_dir)
+    vocab = Vocab([f"w{i}" for i in range(95)])
+    decoder = ShowAttendTell(SATConfig(vocab_size=len(vocab), feature_dim=32, num_positions=4, embed_dim=32,
+                                       hidden_dim=32, attention_dim=32, dropout=0.0, max_len=6,
+                                       encoder=str(image_dir), encoder_kind="resnet"))
+    checkpoint.save(decoder, tmp_dir / "captioner", vocab=vocab.to_dict())
+    return load_pipeline(tmp_dir / "t2i"), load_captioner(tmp_dir / "captioner")
 
 
 def png_bytes(size=(40, 30), color=(200, 30, 30)) -> bytes:
@@ -53,8 +84,13 @@ LIMITS = srv.Limits(max_upload_bytes=200_000, max_pixels=300 * 300, max_text_cha
 
 
 @pytest.fixture(scope="module")
-def pipelines(tmp_path_factory):
-    return tiny_pipelines(tmp_path_factory.mktemp("models"))
+def model_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def pipelines(model_dir):
+    return tiny_pipelines(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +107,14 @@ def post_image(url, data, beam=None, name="x.png"):
 # ------------------------------------------------------------------------------------------------ tests
 def test_draw_returns_the_pipelines_images_as_png_and_top5_classes(server, pipelines):
     url, _ = server
-    body = {"text": "a red bird", "n": 2, "seed": 7, "truncation": 0.5}
+    body = {"text": "a red shirt", "n": 2, "seed": 7, "truncation": 0.5}
     r = requests.post(f"{url}/api/draw", json=body, timeout=60)
     assert r.status_code == 200, r.text
     out = r.json()
     assert set(out) == {"images", "classes"}
     images = [Image.open(io.BytesIO(base64.b64decode(s))) for s in out["images"]]
     assert [im.format for im in images] == ["PNG", "PNG"]
-    direct = pipelines[0].draw("a red bird", n=2, seed=7, truncation=0.5)
+    direct = pipelines[0].draw("a red shirt", n=2, seed=7, truncation=0.5)
     for got, want in zip(images, direct.images, strict=True):
         assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(want.convert("RGB")))
     assert len(out["classes"]) == 5
@@ -92,6 +128,7 @@ def test_caption_matches_the_library_and_leaves_no_file(server, pipelines):
     r = post_image(url, png_bytes((40, 30)), beam=2)
     assert r.status_code == 200, r.text
     want = pipelines[1].caption([Image.new("RGB", (40, 30), (200, 30, 30))], beam=2)[0]
+    assert want["caption"]
     assert r.json() == {"caption": want["caption"], "logprob": pytest.approx(float(want["logprob"]), abs=1e-4)}
     assert not [p for p in upload_dir.rglob("*") if p.is_file()]
 
@@ -262,31 +299,33 @@ def test_serve_fails_with_one_error_line_when_the_port_is_taken():
             srv.serve("127.0.0.1", taken.getsockname()[1])
 
 
-def test_serve_process_answers_then_stops_on_sigterm_and_removes_its_upload_folder(tmp_path):
+def test_serve_loads_models_once_answers_and_stops_on_sigterm(pipelines, monkeypatch, tmp_path):
+    """``serve`` in this (main) thread; a helper thread makes requests, then sends this process SIGTERM."""
     import os
     import signal
-    import subprocess
-    import sys
+    import tempfile
 
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from test_app_api import tiny_pipelines; from modalbridge.app import server;"
-        "server.load_services = lambda *a: tiny_pipelines(None);"
-        "from modalbridge.cli import main; sys.argv = ['modalbridge', 'serve', '--port', '0']; main()"
-    )
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-c", code, os.path.dirname(__file__)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving on http://127.0.0.1:"), line + proc.stderr.read()
-        url = line.split()[2]
-        assert requests.post(f"{url}/api/draw", json={"text": "a cat"}, timeout=30).status_code == 200
-        assert len(list(tmp_path.glob("modalbridge-gradio-*"))) == 1
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    assert out.strip() == "stopped"
-    assert not list(tmp_path.glob("modalbridge-gradio-*")), [p.name for p in tmp_path.iterdir()]
+    loads, lines, seen = [], [], {}
+    monkeypatch.setattr(srv, "load_services", lambda *specs: loads.append(specs) or pipelines)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the private upload folder goes
+
+    def client():
+        try:
+            deadline = time.monotonic() + 60
+            while not lines and time.monotonic() < deadline:
+                time.sleep(0.05)
+            url = lines[0].split()[2]
+            seen["draw"] = requests.post(f"{url}/api/draw", json={"text": "a red shirt", "n": 1}, timeout=30)
+            seen["caption"] = post_image(url, png_bytes())
+            seen["folders"] = list(tmp_path.glob("modalbridge-gradio-*"))
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=client)
+    helper.start()
+    srv.serve("127.0.0.1", 0, "t2i-spec", "caption-spec", echo=lines.append)
+    helper.join(10)
+    assert loads == [("t2i-spec", "caption-spec")]  # once, at start-up; requests load nothing
+    assert seen["draw"].status_code == 200 and seen["caption"].status_code == 200
+    assert len(seen["folders"]) == 1 and not seen["folders"][0].exists()  # removed when the server stopped
+    assert lines[-1] == "stopped"

@@ -6,6 +6,8 @@ recorded: the demo must work offline.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 from pathlib import Path
 
@@ -85,20 +87,28 @@ def page(browser, served):
 
 def test_draw_tab_shows_images_and_top5_classes(page, pipelines):
     ARTIFACTS.mkdir(exist_ok=True)
-    page.locator("#draw-text textarea").fill("a red bird on a branch")
+    page.locator("#draw-text textarea").fill("a red shirt")
     page.locator("#draw-n input[type=number]").fill("3")
     page.locator("#draw-n input[type=number]").press("Enter")
+    page.locator("#draw-slideshow input[type=checkbox]").check()
     page.locator("#draw-button").click()
     # Three decoded images (an <img> that failed to load has naturalWidth 0 and would never pass).
     page.wait_for_function(
         "() => { const ims = [...document.querySelectorAll('#draw-images img')];"
         " return ims.length === 3 && ims.every(im => im.complete && im.naturalWidth > 0); }"
     )
-    want = pipelines[0].draw("a red bird on a branch", n=3, seed=0, truncation=0.4).classes
+    want = pipelines[0].draw("a red shirt", n=3, seed=None, truncation=0.5).classes
     classes = page.locator("#draw-classes")
     classes.get_by_text(want[-1]["label"]).first.wait_for()
     text = classes.inner_text()
     assert all(f"{c['label']} ({c['wnid']})" in text for c in want)
+    # The per-word slideshow: an animated GIF with one frame per word ("a", "red", "shirt").
+    gif = page.locator("#draw-gif img")
+    gif.wait_for()
+    src = gif.get_attribute("src")
+    assert src.startswith("data:image/gif;base64,")
+    frames = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+    assert frames.n_frames == 3
     page.screenshot(path=str(ARTIFACTS / "app-draw.png"), full_page=True)
 
 

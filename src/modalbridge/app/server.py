@@ -182,10 +182,18 @@ class Services:
         self.draw_gate = Gate("draw", lim.workers, lim.queue, lim.queue_timeout)
         self.caption_gate = Gate("caption", lim.workers, lim.queue, lim.queue_timeout)
 
-    async def draw(self, args: dict, slideshow: bool = False) -> Any:
+    async def draw(self, args: dict, slideshow: bool = False) -> tuple[Any, list | None]:
+        """``Pipeline.draw(**args)`` and, with ``slideshow``, ``Pipeline.per_token`` (same seed and truncation)."""
         if self.drawer is None:
             raise ApiError(503, "no text -> image model is loaded in this server")
-        return await self.draw_gate.run(self.drawer.draw, **args)
+
+        def work():
+            drawing = self.drawer.draw(**args)
+            if not slideshow:
+                return drawing, None
+            return drawing, self.drawer.per_token(drawing.text, seed=drawing.seed, truncation=drawing.truncation)
+
+        return await self.draw_gate.run(work)
 
     async def caption(self, image: Image.Image, beam: int | None = None) -> dict:
         if self.captioner is None:
@@ -297,7 +305,8 @@ def add_api(app: FastAPI, services: Services) -> None:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the body is not valid JSON ({e})") from None
-        return draw_json(await services.draw(check_draw_args(payload, lim)))
+        drawing, _ = await services.draw(check_draw_args(payload, lim))
+        return draw_json(drawing)
 
     async def caption(request: Request) -> dict:
         framing = 16 * 2**10  # room for the multipart boundaries, headers and the beam field
@@ -404,12 +413,22 @@ def build_ui(services: Services) -> gr.Blocks:
 
     @_ui_errors
     async def ui_draw(text, n, seed, truncation, slideshow):
-        args = check_draw_args({"text": text or "", "n": int(n), "seed": None if seed is None else int(seed),
+        from modalbridge.t2i.pipeline import captioned, enlarge, gif_bytes
+
+        args = check_draw_args({"text": text or "", "n": int(n), "seed": (seed or "").strip() or None,
                                 "truncation": float(truncation)}, lim)
-        result = await services.draw(args)
-        images = [(im, f"#{i + 1}") for i, im in enumerate(result.images)]
-        classes = {f"{c['label']} ({c['wnid']})": float(c["score"]) for c in result.classes}
-        return images, classes, ""
+        drawing, frames = await services.draw(args, slideshow=bool(slideshow))
+        objects = getattr(drawing, "objects", None) or []
+        names = [o.text for o in objects for _ in o.images] if len(objects) > 1 else [""] * len(drawing.images)
+        images = [(enlarge(im, 128), f"{name} #{i + 1}".strip()) for i, (im, name) in enumerate(zip(
+            drawing.images, names, strict=True))]
+        classes = {f"{c['label']} ({c['wnid']})": float(c["score"]) for c in drawing.classes}
+        gif = ""
+        if frames:
+            data = gif_bytes([captioned(enlarge(im, 128), f"{w} -> {c['label']}") for w, im, c in frames], ms=700)
+            gif = (f'<p><b>One image per word</b> (seed {drawing.seed})</p><img alt="per-word slideshow" '
+                   f'src="data:image/gif;base64,{base64.b64encode(data).decode("ascii")}">')
+        return images, classes, gif
 
     @_ui_errors
     async def ui_upload(path, beam):
@@ -436,10 +455,11 @@ def build_ui(services: Services) -> gr.Blocks:
                 with gr.Column(scale=1):
                     text = gr.Textbox(label="Text", placeholder="a goldfish in a bowl", max_length=lim.max_text_chars,
                                       elem_id="draw-text")
-                    n = gr.Slider(1, lim.max_images, value=min(4, lim.max_images), step=1, label="Number of images",
+                    n = gr.Slider(1, lim.max_images, value=min(4, lim.max_images), step=1, label="Images per object",
                                   elem_id="draw-n")
-                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="draw-seed")
-                    truncation = gr.Slider(0.02, 1.0, value=0.4, step=0.02, label="Truncation",
+                    seed = gr.Textbox(label="Seed", placeholder="empty: derived from the text", max_length=12,
+                                      elem_id="draw-seed")
+                    truncation = gr.Slider(0.02, 1.0, value=0.5, step=0.02, label="Truncation (lower: more typical)",
                                            elem_id="draw-truncation")
                     slideshow = gr.Checkbox(label="Per-token slideshow (GIF)", elem_id="draw-slideshow")
                     draw_btn = gr.Button("Draw", variant="primary", elem_id="draw-button")
