@@ -117,9 +117,17 @@ def test_ambiguous_words_get_mixtures_unless_narrowed(imagenet):
     assert g._candidates("crane", 517, {"vehicle", "structure"}, None) == (134, 517)  # no fit: both stay
     gloss = next(t for t in TEMPLATES if t.kind == "gloss")
     assert g.render(gloss, 517, "crane")[1:] == ((517,), (1.0,))
-    # the hypernym named is one the other "missile" class lacks ("weapon" is above both)
-    text, classes, _ = g.render(disamb, 657, "missile")
-    assert classes == (657,) and "weapon" not in text
+    # "missile" (657) and "projectile, missile" (744) share their whole hypernym chain: it stays a mixture
+    assert g.render(disamb, 657, "missile")[1] == (657, 744)
+    # the hypernym named is the nearest one the word's other classes lack
+    bat = vocabulary.Vocabulary([
+        vocabulary.VocabClass(0, None, "bat", ["bat"], ["thing", "mammal"], ["x1", "x2"], category="animal"),
+        vocabulary.VocabClass(1, None, "club", ["club", "bat"], ["thing", "tool"], ["x1", "x3"]),
+    ])
+    gb = sentences._Generator(bat, 0, SentenceConfig())
+    assert gb.render(disamb, 0, "bat")[:2] == ("a bat, a kind of mammal", (0,))
+    assert gb.render(disamb, 1, "bat")[:2] == ("a bat, a kind of tool", (1,))
+    assert gb.render(TEMPLATES[0], 1, "bat")[1:] == ((0, 1), (0.5, 0.5))
     pair = next(t for t in TEMPLATES if t.kind == "pair")
     text, classes, weights = g.render(pair, 207, "golden retriever", other=(134, "crane"))
     assert classes == (134, 207, 517) and weights == (0.25, 0.5, 0.25)

@@ -359,6 +359,8 @@ class _Generator:
                 weights[3] = weights[4] = 0.0
             kind = rng.choices(kinds, weights)[0]
             lemma = v[c].lemmas[0]
+            if kind == "gloss" and not v[c].gloss.strip():  # hand-made vocabularies may lack glosses
+                kind = "template"
             if kind == "synonym":
                 extra = self.train_lemmas[c][1:] if self.train_lemmas[c][:1] == [lemma] else self.train_lemmas[c]
                 if not extra:
@@ -386,7 +388,10 @@ class _Generator:
             return self._row(text, classes, weights, split, src, t.id, None)
         if kind == "hypernym":
             ph_classes = v.hypernym_to_classes[key(lemma)]
-            t = rng.choice(self.pools[body])
+            pool = self.pools[body if Phrase(lemma).countable else body + "_single"]  # "some furniture"
+            if not pool:
+                return None
+            t = rng.choice(pool)
             text, _, _ = self.render(t, c, lemma)
             w = 1.0 / len(ph_classes)
             return self._row(text, ph_classes, (w,) * len(ph_classes), split, "hypernym", t.id, lemma)
@@ -397,6 +402,8 @@ class _Generator:
             pool = self.pools[body]
         else:  # mass nouns and Latin names have no plural
             pool = self.pools[body + "_single"]
+        if not pool:  # e.g. every held-out template is a plural one and the word is a mass noun
+            return None
         t = rng.choice(pool)
         text, classes, weights = self.render(t, c, lemma)
         return self._row(text, classes, weights, split, kind, t.id, lemma)
