@@ -131,3 +131,53 @@ def test_save_load_roundtrip(tmp_path):
         from modalbridge.config import from_dict
 
         from_dict(MapperConfig, {"kind": "nope"})
+
+
+def test_t2i_mapper_task_trains_and_exports(tmp_path):
+    """``modalbridge train`` on tiny models: features cached, split metrics logged, model dir records its bridge."""
+    import csv
+    import json
+
+    from test_t2i_features import make_tiny_generator, make_tiny_sentences
+    from test_text_encoders import make_tiny_encoder
+    from typer.testing import CliRunner
+
+    from modalbridge.cli import app
+
+    enc, sent, gen = make_tiny_encoder(tmp_path / "enc"), make_tiny_sentences(tmp_path / "s"), \
+        make_tiny_generator(tmp_path / "g")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "task: t2i_mapper\nname: tiny\ntrainer: {max_epochs: 3, progress: false, log_every_n_steps: 1}\n"
+        "logger: {backends: [csv]}\n"
+        "checkpoint: {monitor: val/top1, mode: max}\noptim: {lr: 0.005}\n"
+        f"data: {{sentences: {sent}, encoder: {enc}, generator: {gen}, batch_size: 32}}\n"
+        "model: {kind: attention, loss: cosine, hidden: 32}\n"
+    )
+    r = CliRunner().invoke(app, ["train", str(cfg), f"run_root={tmp_path / 'runs'}"])
+    assert r.exit_code == 0, r.output
+    run = next((tmp_path / "runs" / "tiny").iterdir())
+    meta = json.loads((run / "model" / "config.json").read_text())
+    c = meta["config"]
+    assert meta["model_type"] == "t2i_mapper" and c["kind"] == "attention"
+    assert (c["text_encoder"], c["generator"]) == (str(enc.resolve()), str(gen.resolve()))
+    assert (c["text_hidden"], c["embed_dim"], c["num_classes"]) == (32, 128, 5)
+    assert meta["extra"]["generator"]["num_classes"] == 5
+    vocab = json.loads((run / "model" / "vocab.json").read_text())
+    assert [x["label"] for x in vocab["classes"]] == ["Dress", "Bag", "Shirt", "Elephant", "Bus"]
+    metrics = json.loads((run / "model" / "metrics.json").read_text())
+    for split in ("val", "test_template", "test_synonym"):
+        assert 0 <= metrics[f"final/{split}/top1"] <= metrics[f"final/{split}/top5"] <= 1
+    rows = list(csv.DictReader((run / "logs" / "csv" / "metrics.csv").open()))
+    losses = [float(row["train/loss"]) for row in rows if row.get("train/loss")]
+    assert sum(losses[-5:]) < sum(losses[:5])  # it learns
+    assert any(row.get("test_synonym/top1") for row in rows) and any(row.get("val/top1") for row in rows)
+    assert len(list((sent / "features").iterdir())) == 1  # the cache was built once, inside the data dir
+    loaded = checkpoint.load(run / "model")
+    torch.testing.assert_close(loaded.table, load_table(gen))
+
+
+def load_table(gen):
+    from modalbridge.generators import load_generator
+
+    return load_generator(gen).class_embeddings.detach()
