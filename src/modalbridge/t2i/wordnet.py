@@ -96,6 +96,7 @@ def ensure_corpus(src: Path | None = None, cache: Path | None = None) -> Path:
     # Build next to the target and swap it in with one rename, so concurrent builders never see half a corpus.
     tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the corpus is ordinary read-only data
         for name in DB_FILES:
             shutil.copyfile(src / name, tmp / name)
         (tmp / "lexnames").write_text(lexnames_text(), encoding="utf-8")
