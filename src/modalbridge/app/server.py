@@ -14,8 +14,9 @@ through the same gates, so the UI and the API cannot overload the models togethe
 
 Uploads are read into memory. The API never writes them to disk. Gradio's UI upload route always writes a file
 into Gradio's upload folder; ``serve`` points that folder (``GRADIO_TEMP_DIR``) at a private temporary directory,
-the caption tab deletes each upload right after reading it, ``delete_cache`` sweeps what Gradio itself cached
-(rendered output images) every minute, and the whole directory is removed when the server stops.
+the caption tab deletes each upload right after reading it (heat maps derived from it are sent inline, never cached),
+``delete_cache`` removes Gradio's other cached files (the drawn images) once they are ten minutes old, and the
+whole directory is removed when the server stops. Gradio's own upload route is capped at ``max_upload_bytes``.
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ def check_draw_args(payload: Any, limits: Limits) -> dict:
     return args
 
 
-def open_image(data: bytes, limits: Limits) -> Image.Image:
-    """Uploaded bytes -> RGB image; the pixel cap is checked from the header, before the pixels are decoded."""
+def check_image(data: bytes, limits: Limits) -> None:
+    """Size and pixel caps of uploaded bytes, from the header only (cheap: nothing is decoded here)."""
     if not data:
         raise ApiError(400, "the uploaded image is empty")
     if len(data) > limits.max_upload_bytes:
@@ -159,6 +160,9 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
         raise ApiError(400, "the upload is not an image that can be read (PNG, JPEG, GIF, WebP, BMP ...)") from None
     if w * h > limits.max_pixels:
         raise ApiError(413, f"the image is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}")
+
+
+def decode_image(data: bytes) -> Image.Image:
     try:  # TEMP until modalbridge.vision.io lands
         from modalbridge.vision.io import load_image
     except ImportError:
@@ -195,12 +199,18 @@ class Services:
 
         return await self.draw_gate.run(work)
 
-    async def caption(self, image: Image.Image, beam: int | None = None) -> dict:
+    async def caption(self, data: bytes, beam: int | None = None) -> tuple[Image.Image, dict]:
+        """Caption uploaded bytes: caps checked here, decoding and the model in a worker thread (off the loop)."""
         if self.captioner is None:
             raise ApiError(503, "no image -> text model is loaded in this server")
+        check_image(data, self.limits)
         kwargs = {} if beam is None else {"beam": beam}
-        results = await self.caption_gate.run(self.captioner.caption, [image], **kwargs)
-        return results[0]
+
+        def work():
+            image = decode_image(data)
+            return image, self.captioner.caption([image], **kwargs)[0]
+
+        return await self.caption_gate.run(work)
 
 
 def draw_json(result: Any) -> dict:
@@ -316,8 +326,7 @@ def add_api(app: FastAPI, services: Services) -> None:
             raise ApiError(400, "missing the file field 'image'")
         beam = parts.get("beam", (None, b""))[1].decode("utf-8", "replace").strip() or None
         beam = _int({"beam": beam}, "beam", None, 1, lim.max_beam)
-        image = open_image(parts["image"][1], lim)
-        result = await services.caption(image, beam)
+        _, result = await services.caption(parts["image"][1], beam)
         return {"caption": str(result["caption"]), "logprob": float(result["logprob"])}
 
     @app.post("/api/draw")
@@ -442,8 +451,7 @@ def build_ui(services: Services) -> gr.Blocks:
         return await caption_bytes(data, beam)
 
     async def caption_bytes(data: bytes, beam) -> tuple:
-        image = open_image(data, lim)
-        result = await services.caption(image, int(beam))
+        image, result = await services.caption(data, int(beam))
         return result["caption"], f"{float(result['logprob']):.3f}", attention_html(image, result)
 
     with gr.Blocks(title="modalbridge", delete_cache=(60, 600)) as demo:
