@@ -239,6 +239,14 @@ class _warnings_to_stderr:
 
 
 # ------------------------------------------------------------------------------------ image -> text
+def _quiet_hf() -> None:
+    """Keep stdout/stderr to our own lines: no Hugging Face loading bars or info warnings."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 @command("caption")
 def caption_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
@@ -259,6 +267,7 @@ def caption_cmd(
 
     _check_beam(beam)
     pil = [load_image(p) for p in images]  # every image is checked before the model loads
+    _quiet_hf()
     captioner = load_captioner(model)
     if attention is not None and not captioner.has_attention:
         raise UserError(f"--attention needs a show_attend_tell model; this one is '{captioner.model.model_type}'")
@@ -294,6 +303,7 @@ def evaluate_cmd(
     records = [r for r in datasets.load(data) if r.split == split]
     if not records:
         raise UserError(f"dataset '{data}' has no images in split '{split}'")
+    _quiet_hf()
     captioner = load_captioner(model)
     scores = evaluate(captioner, records, beam=beam, progress=not as_json and sys.stderr.isatty())
     if as_json:

@@ -114,11 +114,9 @@ class Captioner:
     def _load(self, image: Any) -> tuple[str | None, Image.Image]:
         from modalbridge.vision.io import load_image
 
-        if isinstance(image, Image.Image):
-            return None, image.convert("RGB")
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            return None, load_image(bytes(image))
-        return str(image), load_image(image)
+        if isinstance(image, (str, Path)):
+            return str(image), load_image(image)
+        return None, load_image(image)  # PIL image, bytes, array: transparency and modes handled the same way
 
     @torch.no_grad()
     def caption(self, images: list, beam: int = 3, max_len: int | None = None, batch_size: int = 16) -> list[dict]:

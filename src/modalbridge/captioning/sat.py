@@ -55,10 +55,20 @@ class CaptionDecoder(nn.Module):
     def _step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
         raise NotImplementedError
 
+    def never_generated(self) -> list[int]:
+        """Token ids that are never a target (e.g. ``<pad>``, ``<bos>``): masked out of every prediction."""
+        return []
+
+    def _mask(self, logits: torch.Tensor) -> torch.Tensor:
+        ids = self.never_generated()
+        if not ids:
+            return logits
+        return logits.index_fill(-1, torch.tensor(ids, device=logits.device), float("-inf"))
+
     def step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
         """One decoding step: tokens ``(B,)`` -> log-probabilities ``(B, V)``, new state, attention ``(B, P)``."""
         logits, state, attn = self._step(tokens, state)
-        return F.log_softmax(logits.float(), dim=-1), state, attn
+        return F.log_softmax(self._mask(logits.float()), dim=-1), state, attn
 
     def reorder_state(self, state: dict, index: torch.Tensor) -> dict:
         return {k: v.index_select(0, index) for k, v in state.items()}
@@ -77,7 +87,7 @@ class CaptionDecoder(nn.Module):
             step_logits, state, attn = self._step(input_ids[:, t], state)
             logits.append(step_logits)
             attns.append(attn)
-        logits = torch.stack(logits, 1)  # (B, T, V)
+        logits = self._mask(torch.stack(logits, 1))  # (B, T, V)
         attention = torch.stack(attns, 1) if attns and attns[0] is not None else None  # (B, T, P)
         loss = None
         if targets is not None:
@@ -106,9 +116,17 @@ class SATConfig:
     encoder_kind: str = "efficientnet-lite0"
 
 
+class _WordDecoder(CaptionDecoder):
+    """Decoders over a word :class:`~modalbridge.captioning.vocab.Vocab`: ``<pad>``/``<bos>`` are never predicted."""
+
+    def never_generated(self) -> list[int]:
+        c = self.config
+        return sorted({c.pad_id, c.bos_id} - {c.eos_id})
+
+
 @DECODERS.register("show_tell")
 @MODELS.register("show_tell")
-class ShowTell(CaptionDecoder):
+class ShowTell(_WordDecoder):
     """Vinyals et al. 2015: the image is the LSTM's input at t = -1 (§3.1), then words; softmax over h_t."""
 
     model_type = "show_tell"
@@ -138,7 +156,7 @@ class ShowTell(CaptionDecoder):
 
 @DECODERS.register("show_attend_tell")
 @MODELS.register("show_attend_tell")
-class ShowAttendTell(CaptionDecoder):
+class ShowAttendTell(_WordDecoder):
     """Xu et al. 2015 with soft attention, the gating scalar β and the deep output layer."""
 
     model_type = "show_attend_tell"
