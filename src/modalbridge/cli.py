@@ -285,7 +285,11 @@ def caption_cmd(
 
 @command("evaluate")
 def evaluate_cmd(
-    data: Annotated[str, typer.Option("--data", help="Dataset SPEC (see modalbridge.captioning.datasets).")],
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", help="Dataset SPEC (see modalbridge.captioning.datasets); default: the fashion "
+                     "scenes test split, generated deterministically into the cache on first use."),
+    ] = None,
     model: Annotated[
         Optional[str], typer.Option("--model", help="Model directory or name; default: embedded caption-fashion.")
     ] = None,
@@ -300,6 +304,10 @@ def evaluate_cmd(
     from modalbridge.captioning.pipeline import _check_beam, evaluate, load_captioner
 
     _check_beam(beam)
+    if data is None:  # the default captioner's own test data (fashion_scenes.py)
+        from modalbridge.captioning import fashion_scenes
+
+        data = f"folder:{fashion_scenes.ensure_test_data()}"
     records = [r for r in datasets.load(data) if r.split == split]
     if not records:
         raise UserError(f"dataset '{data}' has no images in split '{split}'")

@@ -285,8 +285,9 @@ def default_dir() -> Path:
     return Path(root).expanduser() / f"fashion_scenes_v{FORMAT_VERSION}"
 
 
-def ensure_test_data(out_dir: str | Path | None = None, n_test: int = 1000, seed: int = 0) -> Path:
-    """The test split of the default scenes (no train/val), regenerated deterministically if missing."""
+def ensure_test_data(out_dir: str | Path | None = None, n_test: int = 500, seed: int = 0) -> Path:
+    """The test split the default captioner was measured on (no train/val), regenerated deterministically if
+    missing: the same PNG bytes and captions as ``scripts/make_fashion_scenes.py --test 500``."""
     return generate(out_dir or default_dir(), n_train=0, n_val=0, n_test=n_test, seed=seed)
 
 
