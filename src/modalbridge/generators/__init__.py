@@ -34,19 +34,28 @@ DEFAULT_ALIAS = {"default": "gan-fashion"}
 
 @dataclass(frozen=True)
 class NamedGenerator:
-    """Where a named generator comes from: a hub repo id (``hub``) or a folder under modalbridge/weights/."""
+    """Where a named generator comes from: a hub repo id (``hub``) or a folder under modalbridge/weights/.
 
+    Calling it loads the generator, so ``GENERATORS.create(name)`` equals ``load_generator(name)``.
+    """
+
+    name: str
     source: str
     kind: str  # "hub" | "embedded"
     description: str = ""
+
+    def __call__(self) -> torch.nn.Module:
+        return load_generator(self.name)
 
 
 GENERATORS = Registry("generator")
 for _n, _size in [("128", "50.4M"), ("256", "55.9M"), ("512", "56.2M")]:
     GENERATORS[f"biggan-deep-{_n}"] = NamedGenerator(
-        f"huggingface/biggan-deep-{_n}", "hub", f"BigGAN-deep {_n}x{_n}, ImageNet-1k, {_size} parameters"
+        f"biggan-deep-{_n}", f"huggingface/biggan-deep-{_n}", "hub", f"BigGAN-deep {_n}px, ImageNet-1k, {_size} params"
     )
-GENERATORS["gan-fashion"] = NamedGenerator("gan-fashion", "embedded", "small BigGAN-deep trained on Fashion-MNIST")
+GENERATORS["gan-fashion"] = NamedGenerator(
+    "gan-fashion", "gan-fashion", "embedded", "small BigGAN-deep trained here on Fashion-MNIST (configs/gan/)"
+)
 
 
 def load_generator(name_or_path: str | Path) -> torch.nn.Module:
