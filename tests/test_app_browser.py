@@ -98,6 +98,8 @@ def page(browser, served):
 
 def test_draw_tab_shows_images_and_top5_classes(page, pipelines):
     ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#draw-button").click()  # no text yet: a readable error, not a traceback
+    page.get_by_text("'text' must be a non-empty string").first.wait_for()
     page.locator("#draw-text textarea").fill("a red shirt")
     page.locator("#draw-n input[type=number]").fill("3")
     page.locator("#draw-n input[type=number]").press("Enter")
