@@ -195,7 +195,8 @@ def save_published(model: BigGAN, path):
     path.mkdir()
     cfg = {k: v for k, v in vars(model.config).items() if k != "out_channels"}
     (path / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))  # as the reference's to_json
-    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    # the published files date from torch 1.0: the legacy (pre-zip) serialisation, which weights_only also reads
+    torch.save(model.state_dict(), path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
 
 
 def test_load_generator_published_format(tmp_path):
