@@ -185,6 +185,8 @@ def test_fast_path_skips_meteor_and_unicode_needs_no_java(monkeypatch):
     monkeypatch.setattr(cap.shutil, "which", lambda name: None)
     out = score(REFS, HYPS, meteor=False, tokenizer="unicode")
     assert out["METEOR"] is None and out["CIDEr"] > 0.5
+    empty = score({1: ["a dog runs ."], 2: ["a cat"]}, {1: "", 2: "..."}, meteor=False, tokenizer="unicode")
+    assert empty["BLEU-1"] == 0.0 and empty["CIDEr"] == 0.0 and empty["n_images"] == 2  # empty captions score 0
     with pytest.raises(UserError, match="apt-get install default-jre-headless"):
         score(REFS, HYPS, meteor=False)  # PTB tokenizer needs java
     with pytest.raises(UserError, match="default-jre-headless"):
