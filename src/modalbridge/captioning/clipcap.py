@@ -171,6 +171,10 @@ class ClipCap(CaptionDecoder):
         cfg = ClipCapConfig(lm=lm_spec, lm_dim=dim, vocab_size=vocab, bos_id=bos, eos_id=eos, pad_id=pad, **kwargs)
         return cls(cfg, lm=lm, tokenizer=tok)
 
+    def never_generated(self) -> list[int]:
+        c = self.config  # GPT-2's one <|endoftext|> is bos, eos and pad at once: then nothing is masked
+        return sorted({c.bos_id, c.pad_id} - {c.eos_id})
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.config.freeze_lm:
@@ -190,7 +194,7 @@ class ClipCap(CaptionDecoder):
     ) -> CaptionOutput:
         """One LM pass over [prefix; E(input_ids)]; right padding needs no mask because the LM is causal."""
         L = self.config.prefix_length
-        logits = self._lm_logits(self.prefix(memory), input_ids)[:, L:]  # (B, T, V)
+        logits = self._mask(self._lm_logits(self.prefix(memory), input_ids)[:, L:])  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)

@@ -103,8 +103,9 @@ class Captioner:
         """Display tokens of ``tokens``, aligned one-to-one with attention rows."""
         if self.vocab is not None:
             return [self.vocab.itos[t] if 0 <= t < len(self.vocab) else "<unk>" for t in tokens]
-        tok = self.model.tokenizer
-        return [tok.decode([t]).strip() for t in tokens]
+        tok = self.model.tokenizer  # ClipCap has no attention to align with: drop special/empty pieces
+        pieces = (tok.decode([t], skip_special_tokens=True).strip() for t in tokens)
+        return [p for p in pieces if p]
 
     def text(self, tokens: list[int]) -> str:
         if self.vocab is not None:
