@@ -12,7 +12,9 @@ Prints, measured side by side in one run (wall-clock seconds):
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import resource
 import time
 
 import numpy as np
@@ -89,9 +91,20 @@ def caption(rng: random.Random) -> str:
     return text + rng.choice(ENDS)
 
 
+def cpu_seconds() -> float:
+    """User+system CPU of this process and its finished children (the Java tokenizer)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+CPU: dict[str, float] = {}
+
+
 def timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
+    """Wall seconds of one call; its CPU seconds go to CPU[fn name] (less sensitive to other jobs' load)."""
+    c0, t0 = cpu_seconds(), time.perf_counter()
     out = fn(*args, **kwargs)
+    CPU[getattr(fn, "__name__", "?")] = cpu_seconds() - c0
     return out, time.perf_counter() - t0
 
 
@@ -107,8 +120,11 @@ def main() -> None:
     flat = [c for v in refs.values() for c in v] + list(hyps.values())
     print(f"{args.images} images x {args.refs} refs ({len(flat)} captions)")
 
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     ptb_scores, t_ptb_total = timed(cap.score, refs, hyps, meteor=False)
+    cpu_ptb_total = CPU["score"]
     uni_scores, t_uni_total = timed(cap.score, refs, hyps, meteor=False, tokenizer="unicode")
+    cpu_uni_total = CPU["score"]
     ptb_tok, t_ptb = timed(cap.ptb_tokenize, flat)
     uni_tok, t_uni = timed(cap.unicode_tokenize, flat)
     agree = sum(a == b for a, b in zip(ptb_tok, uni_tok, strict=True)) / len(flat)
@@ -122,8 +138,14 @@ def main() -> None:
     (c_ref, per_ref), t_cider_ref = timed(Cider().compute_score, gts, {k: [v] for k, v in res.items()})
     assert c_ours == c_ref and np.array_equal(per_ours, per_ref), "CIDEr port differs from pycocoevalcap"
 
-    print(f"score(meteor=False), PTB tokenizer (Java)   : {t_ptb_total:7.2f} s   {_fmt(ptb_scores)}")
-    print(f"score(meteor=False), Unicode tokenizer      : {t_uni_total:7.2f} s   {_fmt(uni_scores)}")
+    print(
+        f"score(meteor=False), PTB tokenizer (Java)   : {t_ptb_total:6.2f} s wall, {cpu_ptb_total:6.2f} s CPU   "
+        f"{_fmt(ptb_scores)}"
+    )
+    print(
+        f"score(meteor=False), Unicode tokenizer      : {t_uni_total:6.2f} s wall, {cpu_uni_total:6.2f} s CPU   "
+        f"{_fmt(uni_scores)}"
+    )
     print(
         f"tokenize only: PTB (one JVM call) {t_ptb:6.2f} s | Unicode (Python regex) {t_uni:6.2f} s "
         f"| ratio {t_ptb / t_uni:4.1f}x | identical output on {100 * agree:.1f}% of captions"
@@ -134,7 +156,8 @@ def main() -> None:
     )
     if args.meteor:
         full, t_full = timed(cap.score, refs, hyps, meteor=True)
-        print(f"score(meteor=True) end to end              : {t_full:7.2f} s   METEOR {full['METEOR']:.4f}")
+        print(f"score(meteor=True) end to end              : {t_full:6.2f} s wall   METEOR {full['METEOR']:.4f}")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 def _fmt(s: dict) -> str:
