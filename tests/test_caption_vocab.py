@@ -86,3 +86,19 @@ def test_embedding_matrix_from_pretrained_vectors():
         v.embedding_matrix({"horse": np.ones(3)})
     with pytest.raises(UserError, match="mixed sizes"):
         v.embedding_matrix({"dog": np.ones(3), "cat": np.ones(4)})
+
+
+def test_embedding_matrix_from_a_spacy_like_vocab():
+    class Lexeme:
+        def __init__(self, vec):
+            self.vector = vec if vec is not None else np.zeros(2)
+            self.has_vector = vec is not None
+
+    class SpacyVocab:  # nlp.vocab: vocab[word] -> Lexeme, never a KeyError
+        vectors = object()
+
+        def __getitem__(self, word):
+            return Lexeme(np.array([1.0, 2.0]) if word == "dog" else None)
+
+    m, found = Vocab(["dog", "cat"]).embedding_matrix(SpacyVocab())
+    assert found == 1 and m[4].tolist() == [1.0, 2.0]

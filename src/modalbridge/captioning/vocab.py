@@ -212,8 +212,9 @@ class Vocab:
         """An embedding matrix ``(V, D)`` initialised from pretrained word vectors where the word has one.
 
         Args:
-            vectors: a mapping ``word -> vector``; a pair ``(words, array (N, D))``; or an object with ``.vectors``
-                (e.g. a spaCy ``Vocab``/``Vectors``, whose lookups are tried through ``__getitem__``).
+            vectors: a mapping ``word -> vector``; a pair ``(words, array (N, D))``; or a spaCy ``Vocab``
+                (``nlp.vocab``: ``vocab[word]`` is a lexeme with ``has_vector``/``vector``). spaCy is optional and
+                never imported here.
             std: std of the random init for words without a vector; default = std of the found vectors.
             seed: seed of that random init.
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import IO, Union
@@ -28,6 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from modalbridge.errors import UserError
 
 DEFAULT_MAX_PIXELS = 40_000_000
+_WARNINGS_LOCK = threading.Lock()
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
 
 
@@ -57,26 +59,28 @@ def load_image(
         return _finish(_from_array(source, label), label, max_pixels, min_size)
     fp = _open_source(source, label)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
+        try:
+            # Pillow's bomb check runs inside open(); its warning becomes an error here. catch_warnings swaps
+            # process-global state, hence the lock (the web app loads images from worker threads).
+            with _WARNINGS_LOCK, warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = Image.open(fp)
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise UserError(f"{label}: refused as a possible decompression bomb ({e})") from None
+        except UnidentifiedImageError:
+            raise UserError(f"{label}: not an image, or a format Pillow cannot read{_hint(fp)}") from None
+        except (OSError, ValueError, SyntaxError) as e:  # malformed headers
+            raise UserError(f"{label}: unreadable image ({_first_line(e)})") from None
+        with img:
+            _check_size(img.size, label, max_pixels, min_size)  # from the header: nothing decoded yet
+            try:
+                img.seek(0)  # first frame of animations / multi-page files
+                img.load()
+            except Image.DecompressionBombError as e:
                 raise UserError(f"{label}: refused as a possible decompression bomb ({e})") from None
-            except UnidentifiedImageError:
-                raise UserError(f"{label}: not an image, or a format Pillow cannot read{_hint(fp)}") from None
-            except (OSError, ValueError, SyntaxError) as e:  # malformed headers
-                raise UserError(f"{label}: unreadable image ({_first_line(e)})") from None
-            with img:
-                _check_size(img.size, label, max_pixels, min_size)  # from the header: nothing decoded yet
-                try:
-                    img.seek(0)  # first frame of animations / multi-page files
-                    img.load()
-                except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                    raise UserError(f"{label}: refused as a possible decompression bomb ({e})") from None
-                except (OSError, ValueError, SyntaxError, EOFError) as e:
-                    raise UserError(f"{label}: truncated or corrupt image ({_first_line(e)})") from None
-                return _finish(img, label, max_pixels, min_size)
+            except (OSError, ValueError, SyntaxError, EOFError) as e:
+                raise UserError(f"{label}: truncated or corrupt image ({_first_line(e)})") from None
+            return _finish(img, label, max_pixels, min_size)
     finally:
         if isinstance(source, (str, os.PathLike)):
             fp.close()
