@@ -12,18 +12,18 @@ calls run (the pipelines share one model object each, and Hugging Face fast toke
 ``queue`` more wait, each for at most ``queue_timeout`` seconds; beyond that the answer is 503. The UI tabs go
 through the same gates, so the UI and the API cannot overload the models together.
 
-Uploads are read into memory. The API never writes them to disk. Gradio's UI upload route always writes a file
-into Gradio's upload folder; ``serve`` points that folder (``GRADIO_TEMP_DIR``) at a private temporary directory,
-the caption tab deletes each upload right after reading it (heat maps derived from it are sent inline, never cached),
+The UI (:mod:`modalbridge.app.ui`) calls the same ``Services`` as the API. Uploads are read into memory; the API
+never writes them to disk. Gradio's UI upload route always writes a file into Gradio's upload folder, capped at
+``max_upload_bytes``; ``serve`` points that folder (``GRADIO_TEMP_DIR``) at a private temporary directory, the
+Caption tab deletes each upload right after reading it (heat maps derived from it are sent inline, never cached),
 ``delete_cache`` removes Gradio's other cached files (the drawn images) once they are ten minutes old, and the
-whole directory is removed when the server stops. Gradio's own upload route is capped at ``max_upload_bytes``.
+whole directory is removed when the server stops.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import html
 import io
 import json
 import logging
@@ -310,7 +310,7 @@ def add_api(app: FastAPI, services: Services) -> None:
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the body is not valid JSON ({e})") from None
         drawing, _ = await services.draw(check_draw_args(payload, lim))
-        return draw_json(drawing)
+        return await anyio.to_thread.run_sync(draw_json, drawing)  # PNG encoding: off the event loop
 
     async def caption(request: Request) -> dict:
         framing = 16 * 2**10  # room for the multipart boundaries, headers and the beam field
@@ -351,150 +351,11 @@ def add_api(app: FastAPI, services: Services) -> None:
         return _error(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
-# ---------------------------------------------------------------------------------------------------- UI
-def figures_html(items: list[tuple[Image.Image, str]], css_class: str = "mb-figures") -> str:
-    """Images with captions as inline ``data:`` URIs: derived from an upload, they never touch Gradio's cache."""
-    figs = "".join(
-        f'<figure style="margin:0"><img alt="{html.escape(cap)}" title="{html.escape(cap)}" style="max-width:160px" '
-        f'src="data:image/png;base64,{png_base64(im)}"></figure>'
-        for im, cap in items
-    )
-    return f'<div class="{css_class}" style="display:flex;flex-wrap:wrap;gap:8px">{figs}</div>'
-
-
-def attention_html(image: Image.Image, result: dict) -> str:
-    """Per-word heat maps (Show, Attend and Tell's soft attention over the image grid), or a note without them."""
-    if result.get("attention") is None:
-        return "<p>This model has no per-word spatial attention to show.</p>"
-    from modalbridge.captioning.pipeline import attention_overlay
-
-    words = result.get("words") or str(result["caption"]).split()
-    pairs = zip(words, result["attention"], strict=False)
-    return figures_html([(attention_overlay(image, word, att, size=160), word) for word, att in pairs])
-
-
-def _take_upload(path: str | None, limits: Limits) -> bytes:
-    """Read a Gradio upload into memory and delete the file (and its folder) from Gradio's upload directory."""
-    if not path:
-        raise gr.Error("Upload an image first.")
-    file = Path(path)
-    try:
-        if file.stat().st_size > limits.max_upload_bytes:
-            raise gr.Error(f"The image is larger than {limits.max_upload_bytes} bytes.")
-        return file.read_bytes()
-    except FileNotFoundError:
-        raise gr.Error("The upload has expired; upload the image again.") from None
-    finally:
-        root = Path(gr.utils.get_upload_folder()).resolve()
-        if file.resolve().is_relative_to(root):
-            file.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                file.parent.rmdir()
-
-
-def _ui_errors(fn):
-    """Bad input and busy queues become a Gradio error toast with the message; anything else a generic one."""
-
-    async def wrapper(*args):
-        try:
-            return await fn(*args)
-        except gr.Error:
-            raise
-        except (ApiError, UserError) as e:
-            raise gr.Error(str(e)) from None
-        except Exception as e:  # noqa: BLE001 - the traceback goes to the server log only
-            log.exception("unexpected error in the UI")
-            raise gr.Error(f"Internal error ({type(e).__name__}); see the server log.") from None
-
-    wrapper.__name__ = fn.__name__
-    return wrapper
-
-
-def build_ui(services: Services) -> gr.Blocks:
-    """The two tabs over ``services``; no model is touched while the page is built."""
-    lim = services.limits
-
-    @_ui_errors
-    async def ui_draw(text, n, seed, truncation, slideshow):
-        from modalbridge.t2i.pipeline import captioned, enlarge, gif_bytes
-
-        args = check_draw_args({"text": text or "", "n": int(n), "seed": (seed or "").strip() or None,
-                                "truncation": float(truncation)}, lim)
-        drawing, frames = await services.draw(args, slideshow=bool(slideshow))
-        objects = getattr(drawing, "objects", None) or []
-        names = [o.text for o in objects for _ in o.images] if len(objects) > 1 else [""] * len(drawing.images)
-        images = [(enlarge(im, 128), f"{name} #{i + 1}".strip()) for i, (im, name) in enumerate(zip(
-            drawing.images, names, strict=True))]
-        classes = {f"{c['label']} ({c['wnid']})": float(c["score"]) for c in drawing.classes}
-        gif = ""
-        if frames:
-            data = gif_bytes([captioned(enlarge(im, 128), f"{w} -> {c['label']}") for w, im, c in frames], ms=700)
-            gif = (f'<p><b>One image per word</b> (seed {drawing.seed})</p><img alt="per-word slideshow" '
-                   f'src="data:image/gif;base64,{base64.b64encode(data).decode("ascii")}">')
-        return images, classes, gif
-
-    @_ui_errors
-    async def ui_upload(path, beam):
-        data = _take_upload(path, lim)
-        return (data, *await caption_bytes(data, beam))
-
-    @_ui_errors
-    async def ui_caption(data, beam):
-        if not data:
-            raise gr.Error("Upload an image first.")
-        return await caption_bytes(data, beam)
-
-    async def caption_bytes(data: bytes, beam) -> tuple:
-        image, result = await services.caption(data, int(beam))
-        return result["caption"], f"{float(result['logprob']):.3f}", attention_html(image, result)
-
-    with gr.Blocks(title="modalbridge", delete_cache=(60, 600)) as demo:
-        gr.Markdown("## modalbridge\nSmall learned bridges between frozen pretrained models: "
-                    "**text → image** and **image → text**. The same models answer `POST /api/draw` and "
-                    "`POST /api/caption`.")
-        with gr.Tab("Draw"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    text = gr.Textbox(label="Text", placeholder="a goldfish in a bowl", max_length=lim.max_text_chars,
-                                      elem_id="draw-text")
-                    n = gr.Slider(1, lim.max_images, value=min(4, lim.max_images), step=1, label="Images per object",
-                                  elem_id="draw-n")
-                    seed = gr.Textbox(label="Seed", placeholder="empty: derived from the text", max_length=12,
-                                      elem_id="draw-seed")
-                    truncation = gr.Slider(0.02, 1.0, value=0.5, step=0.02, label="Truncation (lower: more typical)",
-                                           elem_id="draw-truncation")
-                    slideshow = gr.Checkbox(label="Per-token slideshow (GIF)", elem_id="draw-slideshow")
-                    draw_btn = gr.Button("Draw", variant="primary", elem_id="draw-button")
-                with gr.Column(scale=2):
-                    gallery = gr.Gallery(label="Images", columns=4, height="auto", elem_id="draw-images")
-                    classes = gr.Label(label="Top-5 classes", num_top_classes=5, elem_id="draw-classes")
-                    gif = gr.HTML(elem_id="draw-gif")
-            inputs, outputs = [text, n, seed, truncation, slideshow], [gallery, classes, gif]
-            draw_btn.click(ui_draw, inputs, outputs, api_visibility="private")
-            text.submit(ui_draw, inputs, outputs, api_visibility="private")
-        with gr.Tab("Caption"):
-            upload_bytes = gr.State(None, time_to_live=600)  # the upload, in memory, for this browser session
-            with gr.Row():
-                with gr.Column(scale=1):
-                    image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                     elem_id="caption-image")
-                    beam = gr.Slider(1, lim.max_beam, value=min(3, lim.max_beam), step=1, label="Beam size",
-                                     elem_id="caption-beam")
-                    caption_btn = gr.Button("Caption", variant="primary", elem_id="caption-button")
-                with gr.Column(scale=2):
-                    caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption-text")
-                    logprob = gr.Textbox(label="Log-probability", interactive=False, elem_id="caption-logprob")
-                    gr.Markdown("**Where the decoder looked, word by word**")
-                    heat = gr.HTML(elem_id="caption-attention")
-            image.upload(ui_upload, [image, beam], [upload_bytes, caption, logprob, heat], api_visibility="private")
-            caption_btn.click(ui_caption, [upload_bytes, beam], [caption, logprob, heat], api_visibility="private")
-    demo.queue(max_size=lim.queue, default_concurrency_limit=lim.workers + 1)
-    return demo
-
-
 # ---------------------------------------------------------------------------------------------------- app
 def build_app(drawer: Any | None, captioner: Any | None, limits: Limits | None = None) -> FastAPI:
     """The FastAPI app: JSON API under /api, the Gradio UI at /. Pipelines are loaded by the caller, once."""
+    from modalbridge.app.ui import build_ui
+
     services = Services(drawer, captioner, limits)
     app = FastAPI(title="modalbridge", docs_url=None, redoc_url=None, openapi_url=None)
     add_api(app, services)
