@@ -64,7 +64,9 @@ def load_lm(spec: str):
         lm = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load language model '{spec}' from {directory}: {str(e).splitlines()[0]}") from None
-    return lm.float(), tokenizer
+    if lm.dtype != torch.float32 and not getattr(lm, "is_quantized", False):
+        lm = lm.float()  # half-precision checkpoints: the mapper and the loss run in float32
+    return lm, tokenizer
 
 
 def special_ids(tokenizer) -> tuple[int, int, int]:

@@ -102,7 +102,7 @@ def make_collate(pad_id: int):
 @dataclass
 class Split:
     records: list  # CaptionRecord
-    features: torch.Tensor  # (N, P, C) or (N, C), storage dtype
+    features: torch.Tensor  # (N, P, C) or (N, C), storage dtype (or features.Rows over memory-mapped shards)
     pairs: list[tuple[int, list[int]]]
 
 
