@@ -171,3 +171,35 @@ def test_bad_config_values_are_user_errors(tmp_path):
     cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", base)
     with pytest.raises(UserError, match="no 'val' split"):
         CaptionTask(cfg).prepare()
+
+
+def test_clipcap_trains_through_the_task_with_the_lm_tokenizer(tmp_path):
+    from test_clipcap import build_tiny_lm
+
+    from modalbridge.captioning.pipeline import load_captioner
+    from modalbridge.training import engine
+
+    load_builtins()
+    data = make_fixture(tmp_path / "data", 6, 3, 0)
+    words = " ".join(f"w{i}" for i in range(10))
+    lines = [json.loads(line) for line in (data / "captions.jsonl").read_text().splitlines()]
+    for i, rec in enumerate(lines):  # captions in the tiny LM's word-level vocabulary
+        rec["captions"] = [" ".join(words.split()[i % 5 : i % 5 + 3])]
+    (data / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    lm = build_tiny_lm(tmp_path / "lm", "gpt2")
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs/caption/sat_tiny.yaml").read_text())
+    raw["model"] = {"arch": "clipcap", "params": {"lm": str(lm), "prefix_length": 2, "mapper": "mlp", "max_len": 5}}
+    (tmp_path / "clipcap_tiny.yaml").write_text(yaml.safe_dump(raw))
+    cfg = engine.resolve_config(tmp_path / "clipcap_tiny.yaml", [
+        f"run_root={tmp_path / 'runs'}", f"data.data=folder:{data}", f"data.encoder={tiny_resnet(tmp_path / 'e')}",
+        f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=2",
+    ])
+    run_dir = engine.train(cfg)
+    meta = json.loads((run_dir / "model" / "config.json").read_text())
+    assert meta["model_type"] == "clipcap" and meta["config"]["lm"] == str(lm) and meta["config"]["lm_dim"] == 32
+    assert json.loads((run_dir / "model" / "vocab.json").read_text())["lm"] == str(lm)
+    assert "val/CIDEr" in json.loads((run_dir / "model" / "metrics.json").read_text())
+    out = load_captioner(run_dir / "model").caption([data / "train_000.png"], beam=2)[0]
+    assert all(w.startswith("w") for w in out["words"])
