@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--out", default=str(ROOT / "docs/results/caption_fashion.json"))
     p.add_argument("--images", default=str(ROOT / "docs/images"))
-    p.add_argument("--figures", type=int, nargs="*", default=[3, 11], help="test scene indices drawn with attention")
+    p.add_argument("--figures", type=int, nargs="*", default=[6, 10], help="test scene indices drawn with attention")
     p.add_argument("--no-meteor", action="store_true")
     args = p.parse_args(argv)
 
