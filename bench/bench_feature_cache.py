@@ -86,8 +86,11 @@ def main() -> None:
                          "weights: same cost, no download), or any encoder name/path")
     args = ap.parse_args()
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from transformers.utils import logging as hf_logging
+
     from modalbridge.vision.io import load_image
+
+    hf_logging.disable_progress_bar()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -203,3 +203,26 @@ def test_clipcap_trains_through_the_task_with_the_lm_tokenizer(tmp_path):
     assert "val/CIDEr" in json.loads((run_dir / "model" / "metrics.json").read_text())
     out = load_captioner(run_dir / "model").caption([data / "train_000.png"], beam=2)[0]
     assert all(w.startswith("w") for w in out["words"])
+
+
+def test_init_from_reuses_the_vocabulary_and_weights(trained, tmp_path):
+    from modalbridge.captioning.train import CaptionTask
+    from modalbridge.training import engine
+
+    run_dir, data, cache, enc = trained
+    overrides = [f"run_root={tmp_path}", f"data.data=folder:{data}", f"data.encoder={enc}", f"data.cache_dir={cache}",
+                 "data.min_freq=3", f"init_from={run_dir}"]
+    cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", overrides)
+    task = CaptionTask(cfg)
+    module = task.build_module()
+    engine.init_weights_from(module.model, cfg.init_from)  # what engine.train does after build_module
+    first = json.loads((run_dir / "model" / "vocab.json").read_text())["itos"]
+    assert task.vocab.itos == first  # not rebuilt with min_freq=3
+    pretrained = checkpoint_state(run_dir / "model")
+    assert all(torch.equal(v, pretrained[k]) for k, v in module.model.state_dict().items())
+
+
+def checkpoint_state(model_dir: Path) -> dict:
+    from modalbridge import checkpoint
+
+    return checkpoint.load_state_dict(model_dir / "model.safetensors")

@@ -142,6 +142,7 @@ class TransformerMapper(nn.Module):
 class ClipCap(CaptionDecoder):
     model_type = "clipcap"
     config_class = ClipCapConfig
+    feature = "pooled"  # the config's default; an instance follows ``config.feature``
 
     def __init__(self, config: ClipCapConfig, lm: nn.Module | None = None, tokenizer=None):
         super().__init__()

@@ -222,7 +222,8 @@ class CaptionTask(Task):
         self.pad_id = self.model.config.pad_id
         self.train_data = self._make_split(train_recs, caches[0].get(self.feature))
         n_val = d.max_val_images if d.max_val_images > 0 else len(val_recs)
-        self.val_data = self._make_split(val_recs[:n_val], caches[1].get(self.feature)[:n_val])
+        val_rows = caches[1].get(self.feature)
+        self.val_data = self._make_split(val_recs[:n_val], val_rows if n_val == len(val_rows) else val_rows[:n_val])
         n_cider = d.val_cider_images if d.val_cider_images > 0 else len(val_recs)
         self.cider_records = val_recs[:n_cider]
         self.cider_features = caches[1].get(self.feature)[:n_cider]
