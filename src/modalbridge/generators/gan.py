@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -166,6 +167,8 @@ class GANModelConfig:
     d_channel_width: int = 32
     d_lr: float = 4e-4  # TTUR: D learns faster than G (optim.lr); optim.betas serve both
     n_dis: int = 1  # D steps per G step
+    gray_penalty: float = 10.0  # weight of mean((rgb - gray)^2) in G's loss: gray data, RGB interface (0: off)
+    max_minutes: float = 0.0  # stop (and export) after this much training wall time (0: no limit)
     ema_decay: float = 0.999
     ema_start: int = 500  # G steps before the EMA starts averaging (it copies G until then)
     sample_every: int = 500  # G steps between sample grids written to run_dir/samples (0: never)
@@ -221,6 +224,9 @@ class GANModule(BridgeModule):
         self.discriminator.requires_grad_(False)
         fake, fake_labels = self._fake(b)
         g_loss = g_hinge_loss(self.discriminator(fake, fake_labels))
+        if self.mcfg.gray_penalty and fake.shape[1] > 1:
+            # the data is gray replicated to RGB; a direct penalty removes colour faster than D's gradient does
+            g_loss = g_loss + self.mcfg.gray_penalty * (fake - fake.mean(1, keepdim=True)).pow(2).mean()
         g_opt.zero_grad(set_to_none=True)
         self.manual_backward(g_loss)
         g_opt.step()
@@ -231,6 +237,11 @@ class GANModule(BridgeModule):
         self.log("train/g_loss", g_loss, prog_bar=True)
         if self.mcfg.sample_every and step % self.mcfg.sample_every == 0 and self.trainer.is_global_zero:
             self.write_grid(Path(self.trainer.default_root_dir) / "samples" / f"step{step:06d}.png")
+        if self.mcfg.max_minutes and time.monotonic() - self._t0 > 60 * self.mcfg.max_minutes:
+            self.trainer.should_stop = True  # the epoch ends here; its checkpoint and the export follow
+
+    def on_train_start(self) -> None:
+        self._t0 = time.monotonic()
 
     def write_grid(self, path: Path, per_class: int = 10) -> None:
         """A sample grid of the EMA generator: one row per class, fixed noise.

@@ -25,7 +25,7 @@ from modalbridge.registry import MODELS
 
 def to_model_range(images: np.ndarray | torch.Tensor, size: int = 32) -> torch.Tensor:
     """uint8 images ``(N, 28, 28)`` -> float ``(N, 1, size, size)`` in [-1, 1], zero-padded (black) to ``size``."""
-    x = torch.as_tensor(np.asarray(images)).float().div(127.5).sub(1.0).unsqueeze(1)  # (N, 1, 28, 28)
+    x = torch.as_tensor(np.array(images)).float().div(127.5).sub(1.0).unsqueeze(1)  # (N, 1, 28, 28)
     pad = size - x.shape[-1]
     if pad < 0:
         raise ValueError(f"cannot pad {x.shape[-1]}x{x.shape[-1]} images to {size}")

@@ -1,0 +1,153 @@
+"""GAN training pieces (projection discriminator, spectral norm, hinge, EMA), the engine's ``gan`` task and the
+shipped ``gan-fashion`` generator."""
+
+from __future__ import annotations
+
+import json
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modalbridge import assets, checkpoint
+from modalbridge.generators import load_generator
+from modalbridge.generators.gan import (
+    DiscriminatorConfig,
+    GANTask,
+    ProjectionDiscriminator,
+    d_hinge_loss,
+    ema_update,
+    g_hinge_loss,
+    sample,
+    save_grid,
+)
+from modalbridge.training import engine
+
+
+def tiny_d(resolution: int = 32) -> ProjectionDiscriminator:
+    torch.manual_seed(0)
+    return ProjectionDiscriminator(DiscriminatorConfig(resolution=resolution, channel_width=4, num_classes=10))
+
+
+@pytest.mark.parametrize("resolution", [16, 32])
+def test_discriminator_output_shape_and_projection(resolution):
+    d = tiny_d(resolution).eval()
+    x, y = torch.rand(5, 3, resolution, resolution) * 2 - 1, torch.tensor([0, 1, 2, 3, 9])
+    with torch.no_grad():
+        out = d(x, y)
+        h = F.relu(d.blocks(x)).sum((2, 3))  # (B, F)
+        expected = d.linear(h).squeeze(-1) + (d.embed(y) * h).sum(-1)  # psi(phi) + <embed(y), phi>
+    assert out.shape == (5,)
+    torch.testing.assert_close(out, expected)
+    with torch.no_grad():
+        assert not torch.allclose(d(x, y), d(x, (y + 1) % 10))  # the class changes the score
+
+
+def test_discriminator_rejects_odd_resolution():
+    with pytest.raises(Exception, match="power of two"):
+        ProjectionDiscriminator(DiscriminatorConfig(resolution=24))
+
+
+def test_spectral_norm_keeps_top_singular_value_near_one():
+    d = tiny_d().train()
+    conv = d.blocks[1].conv1
+    with torch.no_grad():
+        conv.parametrizations.weight.original.mul_(7.0)  # raw weight far from unit norm
+    raw = torch.linalg.matrix_norm(conv.parametrizations.weight.original.flatten(1), ord=2)
+    assert raw > 2.0
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    for _ in range(20):  # each training forward runs one power iteration
+        d(x, y)
+    for module in (conv, d.blocks[0].conv2, d.linear):
+        sigma = torch.linalg.matrix_norm(module.weight.detach().flatten(1), ord=2)
+        assert sigma == pytest.approx(1.0, abs=0.03)
+
+
+def test_hinge_losses_on_known_scores():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0])
+    # relu(1 - real) = [0, .5, 2] -> 5/6; relu(1 + fake) = [0, 1, 2] -> 1
+    assert float(d_hinge_loss(real, fake)) == pytest.approx(5 / 6 + 1.0)
+    assert float(g_hinge_loss(fake)) == pytest.approx(1 / 3)
+    assert float(d_hinge_loss(torch.full((4,), 3.0), torch.full((4,), -3.0))) == 0.0  # both margins met
+
+
+def test_ema_update_math():
+    torch.manual_seed(0)
+    model, ema = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    nn.init.normal_(model.weight)
+    model(torch.randn(8, 3))  # moves the running stats (buffers)
+    before = ema.weight.detach().clone()
+    ema_update(ema, model, decay=0.9)
+    torch.testing.assert_close(ema.weight, 0.9 * before + 0.1 * model.weight.detach())
+    torch.testing.assert_close(ema.running_mean, model.running_mean)  # buffers are copied
+    ema_update(ema, model, decay=0.0)
+    torch.testing.assert_close(ema.weight, model.weight)
+
+
+def test_save_grid_layout(tmp_path):
+    from PIL import Image
+
+    save_grid(torch.zeros(6, 3, 8, 8), ncol=3, path=tmp_path / "g.png", pad=2)
+    img = Image.open(tmp_path / "g.png")
+    assert img.size == (3 * 10 + 2, 2 * 10 + 2) and img.mode == "RGB"
+
+
+TINY = [
+    "data.dataset=random", "data.n_random=24", "data.batch_size=8", "trainer.max_epochs=2", "trainer.progress=false",
+    "trainer.limit_train_batches=1.0",
+    "trainer.log_every_n_steps=1", "model.g_channel_width=8", "model.d_channel_width=4", "model.ema_start=2",
+    "model.ema_decay=0.5", "model.sample_every=3", "model.standing_batches=1", "model.generator={n_stats: 3}",
+    "logger.backends=[csv]",
+]  # fmt: skip
+
+
+def test_gan_task_trains_through_engine_and_exports_a_generator(tmp_path):
+    cfg = engine.resolve_config("configs/gan/fashion.yaml", TINY + [f"run_root={tmp_path}"])
+    pl.seed_everything(cfg.seed, verbose=False)
+    init = GANTask(cfg).build_module()  # the same initial weights train() starts from
+    run_dir = engine.train(cfg)
+
+    model_dir = run_dir / "model"
+    meta = json.loads((model_dir / "config.json").read_text())
+    assert meta["model_type"] == "biggan_deep"
+    assert meta["config"]["channel_width"] == 8 and meta["config"]["out_channels"] == 3
+    assert meta["config"]["n_stats"] == 3 and meta["extra"]["generator_steps"] == 6
+    assert meta["extra"]["classes"][1] == "Trouser"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "samples" / "step000006.png").is_file()
+
+    g = load_generator(model_dir)
+    assert g.class_embeddings.shape == (10, 128)
+    changed = [k for k, v in g.state_dict().items() if not torch.equal(v, init.model.state_dict()[k])]
+    assert any(k.endswith("weight_orig") for k in changed) and "embeddings.weight" in changed
+    bn = g.generator.bn
+    assert not torch.all(bn.running_means == 0)  # standing statistics were measured at export
+    imgs = sample(g, torch.tensor([0, 3, 9, 9]), truncation=0.5, seed=1)
+    assert imgs.shape == (4, 3, 32, 32) and imgs.min() >= -1 and imgs.max() <= 1
+    torch.testing.assert_close(imgs, sample(g, torch.tensor([0, 3, 9, 9]), truncation=0.5, seed=1))
+
+
+def test_shipped_gan_fashion_loads_and_draws_recognisable_classes():
+    from modalbridge.vision.classifier import load_classifier
+
+    path = assets.resolve("gan-fashion")
+    assert sum(f.stat().st_size for f in path.iterdir()) < 10_000_000
+    g = load_generator("gan-fashion")
+    meta = checkpoint.read_meta(path)
+    assert meta["model_type"] == "biggan_deep" and "run_config" in meta["extra"]
+    assert g.class_embeddings.shape == (10, 128)
+    labels = torch.arange(10).repeat_interleave(5)
+    imgs = sample(g, labels, truncation=0.5, seed=0)
+    assert imgs.shape == (50, 3, 32, 32) and imgs.min() >= -1 and imgs.max() <= 1
+    torch.testing.assert_close(imgs[:, 0], imgs[:, 2])  # gray, as the training data
+    _, pred = load_classifier().embed(imgs)
+    assert float((pred == labels).float().mean()) >= 0.7
+
+
+def test_time_budget_stops_training_and_still_exports(tmp_path):
+    over = TINY + [f"run_root={tmp_path}", "trainer.max_epochs=5", "model.max_minutes=1.0e-9", "model.sample_every=0"]
+    run_dir = engine.train(engine.resolve_config("configs/gan/fashion.yaml", over))
+    meta = json.loads((run_dir / "model" / "config.json").read_text())
+    assert meta["extra"]["generator_steps"] == 1  # stopped after the first step, not after 5 epochs
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
