@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from modalbridge.cli import app
@@ -50,3 +51,22 @@ def test_console_entry_usage_errors_are_one_line():
         assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     proc = subprocess.run([sys.executable, "-m", "modalbridge", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip()
+
+
+def test_console_entry_passes_exit_codes_and_abort(monkeypatch, capsys):
+    import typer
+
+    from modalbridge import cli
+
+    def fake_app(exc):
+        def run(standalone_mode):
+            raise exc
+        return run
+
+    for exc, code in ((typer.Exit(3), 3), (typer.Abort(), 130)):
+        monkeypatch.setattr(cli, "app", fake_app(exc))
+        monkeypatch.setattr(sys, "argv", ["modalbridge", "x"])
+        with pytest.raises(SystemExit) as info:
+            cli.main()
+        assert info.value.code == code
+    assert capsys.readouterr().err.strip() == "error: aborted"

@@ -10,7 +10,7 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -77,9 +77,9 @@ def command(*args, **kwargs):
 # --------------------------------------------------------------------------------------------- training
 @command("train")
 def train_cmd(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config (configs/...); omit with --resume.")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, dotted keys.")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue RUN_DIR from its last.ckpt.")] = None,
+    config: Annotated[Path | None, typer.Argument(help="YAML config (configs/...); omit with --resume.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, dotted keys.")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue RUN_DIR from its last.ckpt.")] = None,
 ):
     """Train the task named in CONFIG; writes runs/<name>/<timestamp>/ with config, checkpoints, logs, model/."""
     from modalbridge.registry import load_builtins
@@ -109,7 +109,7 @@ def prepare_cmd(
     vocab: Annotated[str, typer.Option("--vocab", help="imagenet1k | fashion | vocabulary JSON | list of wnids.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (sentences.jsonl, vocabulary.json, meta.json).")],
     captions: Annotated[
-        Optional[list[Path]], typer.Option("--captions", help="COCO-format captions JSON to mine (repeatable).")
+        list[Path] | None, typer.Option("--captions", help="COCO-format captions JSON to mine (repeatable).")
     ] = None,
     n: Annotated[int, typer.Option("--n", help="Generated sentences (mined captions come on top).")] = 50_000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same files.")] = 0,
@@ -136,11 +136,11 @@ def prepare_cmd(
 def extract_cmd(
     data: Annotated[Path, typer.Option("--data", help="Prepared sentences directory (modalbridge prepare).")],
     encoder: Annotated[
-        Optional[str], typer.Option("--encoder", help="Text encoder: minilm | HF hub id | directory.")
+        str | None, typer.Option("--encoder", help="Text encoder: minilm | HF hub id | directory.")
     ] = None,
     layer: Annotated[int, typer.Option("--layer", help="-1 = last layer, else an index into hidden_states.")] = -1,
-    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Word pieces per sentence.")] = None,
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="Cache root (default DATA/features).")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Word pieces per sentence.")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Cache root (default DATA/features).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sentences per forward pass.")] = 64,
     force: Annotated[bool, typer.Option("--force", help="Recompute even if the cache entry exists.")] = False,
 ):
@@ -163,19 +163,19 @@ def extract_cmd(
 
 @command("draw")
 def draw_cmd(
-    text: Annotated[Optional[str], typer.Argument(help="What to draw (or use --prompts FILE).")] = None,
+    text: Annotated[str | None, typer.Argument(help="What to draw (or use --prompts FILE).")] = None,
     n: Annotated[int, typer.Option("--n", help="Images per object.")] = 4,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Noise seed (default: derived from the text).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Noise seed (default: derived from the text).")] = None,
     truncation: Annotated[float, typer.Option("--truncation", help="In (0, 1]; lower = more typical.")] = 0.5,
     out: Annotated[Path, typer.Option("--out", help="Output directory for PNG/GIF files.")] = Path("drawings"),
     gif: Annotated[bool, typer.Option("--gif", help="Also write an animated GIF of the images.")] = False,
     model: Annotated[
-        Optional[str], typer.Option("--model", help="Mapper model directory or name (default: embedded t2i-fashion).")
+        str | None, typer.Option("--model", help="Mapper model directory or name (default: embedded t2i-fashion).")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per text.")] = False,
-    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="File with one prompt per line.")] = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="File with one prompt per line.")] = None,
     per_token: Annotated[bool, typer.Option("--per-token", help="One image per word + captioned GIF.")] = False,
-    to: Annotated[Optional[str], typer.Option("--to", help="Interpolate from TEXT to this text.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Interpolate from TEXT to this text.")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Frames of --to interpolation.")] = 8,
     whole: Annotated[bool, typer.Option("--whole", help="Do not split texts naming several objects.")] = False,
 ):
@@ -251,11 +251,11 @@ def _quiet_hf() -> None:
 def caption_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
     model: Annotated[
-        Optional[str], typer.Option("--model", help="Model directory or name; default: embedded caption-fashion.")
+        str | None, typer.Option("--model", help="Model directory or name; default: embedded caption-fashion.")
     ] = None,
     beam: Annotated[int, typer.Option("--beam", help="Beam size (1 = greedy).")] = 3,
     attention: Annotated[
-        Optional[Path], typer.Option("--attention", help="Write per-word attention heat maps (PNG) into this dir.")
+        Path | None, typer.Option("--attention", help="Write per-word attention heat maps (PNG) into this dir.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: image, caption, logprob.")] = False,
 ):
@@ -286,12 +286,12 @@ def caption_cmd(
 @command("evaluate")
 def evaluate_cmd(
     data: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--data", help="Dataset SPEC (see modalbridge.captioning.datasets); default: the fashion "
                      "scenes test split, generated deterministically into the cache on first use."),
     ] = None,
     model: Annotated[
-        Optional[str], typer.Option("--model", help="Model directory or name; default: embedded caption-fashion.")
+        str | None, typer.Option("--model", help="Model directory or name; default: embedded caption-fashion.")
     ] = None,
     split: Annotated[str, typer.Option("--split", help="Which split to score.")] = "test",
     beam: Annotated[int, typer.Option("--beam", help="Beam size (1 = greedy).")] = 3,
@@ -360,9 +360,9 @@ def main() -> None:
     except cx.UsageError as e:
         print("error: " + " ".join(e.format_message().split()), file=sys.stderr)
         sys.exit(2)
-    except cx.Abort:
+    except (typer.Abort, getattr(cx, "Abort", typer.Abort)):
         print("error: aborted", file=sys.stderr)
         sys.exit(130)
-    except (typer.Exit, cx.Exit) as e:
+    except (typer.Exit, getattr(cx, "Exit", typer.Exit)) as e:
         sys.exit(e.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
