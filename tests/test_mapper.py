@@ -69,6 +69,26 @@ def test_padding_does_not_change_the_output():
         torch.testing.assert_close(a, b, msg=kind)
 
 
+def test_token_dropout_only_in_training_and_never_empties_a_sentence():
+    import dataclasses
+
+    model = tiny("attention")
+    model.config = dataclasses.replace(model.config, token_dropout=0.5)
+    states, mask, _ = batch(b=64)
+    model.eval()
+    a, b = model(states, mask).embedding, model(states, mask).embedding
+    torch.testing.assert_close(a, b)  # eval: no dropout
+    model.train()
+    torch.manual_seed(0)
+    c = model(states, mask).embedding
+    assert not torch.allclose(a, c) and torch.isfinite(c).all()  # some pieces dropped, none of the rows empty
+    one = torch.zeros_like(mask)
+    one[:, 0] = True  # one-piece sentences: dropping it would leave nothing, so it is kept
+    torch.testing.assert_close(model(states, one).embedding, model.eval()(states, one).embedding)
+    with pytest.raises(ValueError):
+        MapperConfig(token_dropout=1.0)
+
+
 def test_inspan_output_is_a_convex_combination_of_the_table():
     model = tiny("inspan").eval()
     states, mask, _ = batch(b=16)

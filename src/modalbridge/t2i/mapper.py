@@ -44,6 +44,7 @@ class MapperConfig:
     num_classes: int = 10  # K
     hidden: int = 256  # D
     dropout: float = 0.1
+    token_dropout: float = 0.0  # training only: drop each word piece from the mask with this probability
     temperature: float = 0.1  # InfoNCE temperature; also softens retrieval scores
     text_encoder: str = "minilm"
     text_layer: int = -1
@@ -57,6 +58,8 @@ class MapperConfig:
             raise ValueError(f"unknown mapper loss '{self.loss}' (known: {', '.join(LOSSES)})")
         if min(self.text_hidden, self.embed_dim, self.num_classes, self.hidden) < 1 or self.temperature <= 0:
             raise ValueError("dims and temperature must be positive")
+        if not 0 <= self.token_dropout < 1 or not 0 <= self.dropout < 1:
+            raise ValueError("dropout and token_dropout must be in [0, 1)")
 
 
 @dataclass
@@ -173,7 +176,13 @@ class T2IMapper(nn.Module):
             weights: optional (B, K) target mixture weights (rows sum to 1); given, the output carries a loss.
         """
         c = self.config
-        emb, logits = self.head(states, mask.bool(), self.table)  # (B, E), (B, K) | None
+        mask = mask.bool()
+        if self.training and c.token_dropout > 0:
+            # Word dropout (Iyyer et al. 2015, https://aclanthology.org/P15-1162/): the mapper cannot lean on one
+            # word piece ("shirt" in "tee shirt"), so unseen combinations of known words generalise better.
+            kept = mask & (torch.rand(mask.shape, device=mask.device) >= c.token_dropout)  # (B, T)
+            mask = torch.where(kept.any(1, keepdim=True), kept, mask)
+        emb, logits = self.head(states, mask, self.table)  # (B, E), (B, K) | None
         if c.kind != "inspan" and c.loss != "mse":
             emb = F.normalize(emb, dim=-1) * self.table.norm(dim=-1).mean()  # (B, E)
         if logits is None:

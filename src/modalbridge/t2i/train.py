@@ -47,6 +47,7 @@ class T2IModelConfig:
     loss: str = "contrastive"
     hidden: int = 256
     dropout: float = 0.1
+    token_dropout: float = 0.0
     temperature: float = 0.1
 
 
