@@ -132,8 +132,9 @@ class TextEncoder:
         truncated = []
         for i, text in enumerate(texts):
             ends = [e for s, e in enc["offset_mapping"][i] if e > s]
-            # Anything but whitespace after the last kept piece means pieces were cut off.
-            truncated.append(bool(text[(ends[-1] if ends else 0):].strip()) and len(enc["input_ids"][i]) >= 2)
+            # At the limit, anything but whitespace after the last kept piece means pieces were cut off.
+            full = len(enc["input_ids"][i]) >= self.max_length
+            truncated.append(full and bool(text[(ends[-1] if ends else 0) :].strip()))
         n = sum(truncated)
         if n:
             warnings.warn(
