@@ -106,11 +106,8 @@ class Preprocess:
 
 
 def _hw(value, default: int) -> tuple[int, int]:
-    if value is None:
-        return (default, default)
-    if isinstance(value, int):
-        return (value, value)
-    return (int(value["height"]), int(value["width"]))
+    value = default if value is None else value
+    return (value, value) if isinstance(value, int) else (int(value["height"]), int(value["width"]))
 
 
 def preprocess_from_config(model_dir: Path | None, image_size: int, mean, std, resample: int = 3) -> Preprocess:
@@ -184,9 +181,7 @@ class ImageEncoder(nn.Module):
             m.train(mode)
         return self
 
-    @property
-    def frozen(self) -> bool:
-        return self.trainable_blocks == 0
+    frozen = property(lambda self: self.trainable_blocks == 0)
 
     @property
     def num_positions(self) -> int:
