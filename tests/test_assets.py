@@ -36,3 +36,14 @@ def test_missing_offline_package_names_install_line(monkeypatch):
     monkeypatch.setitem(assets.OFFLINE_PACKAGES, "fake", (lambda: None, "pip install fake-pkg"))
     with pytest.raises(UserError, match="pip install fake-pkg"):
         assets.resolve("fake")
+
+
+def test_missing_embedded_default_never_goes_to_the_hub(monkeypatch, tmp_path):
+    monkeypatch.setattr(assets, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(assets, "hub_snapshot", lambda *a, **k: pytest.fail("looked up on the hub"))
+    for name in assets.EMBEDDED_DEFAULTS:
+        with pytest.raises(UserError, match=f"embedded model '{name}' is missing"):
+            assets.resolve(name)
+    (tmp_path / "t2i-fashion").mkdir()
+    (tmp_path / "t2i-fashion" / "config.json").write_text("{}")
+    assert assets.resolve("t2i-fashion") == tmp_path / "t2i-fashion"

@@ -54,6 +54,10 @@ OFFLINE_PACKAGES: dict[str, tuple[Callable[[], Path | None], str]] = {
 }
 
 
+# The models this project trains and ships in src/modalbridge/weights/ (see README, "Offline assets").
+EMBEDDED_DEFAULTS = ("gan-fashion", "t2i-fashion", "caption-fashion", "fashion-classifier")
+
+
 def embedded(name: str) -> Path | None:
     path = WEIGHTS_DIR / name
     return path if (path / "config.json").is_file() else None
@@ -95,6 +99,9 @@ def resolve(spec: str | os.PathLike, allow_download: bool | None = None) -> Path
         return found
     if spec in OFFLINE_PACKAGES:
         return offline(spec)
+    if spec in EMBEDDED_DEFAULTS:  # never a hub lookup: a missing embedded model is a broken install
+        raise UserError(f"the embedded model '{spec}' is missing from {WEIGHTS_DIR}; reinstall modalbridge "
+                        f"(pip install -e .) or pass a model directory")
     if spec.startswith(("/", "./", "../", "~")) or os.sep in spec.strip("/") and spec.count("/") > 1:
         raise UserError(f"model path not found: {spec}")
     if not looks_like_hub_id(spec):
