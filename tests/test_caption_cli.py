@@ -133,13 +133,28 @@ def test_default_model_missing_is_a_clear_error(setup, monkeypatch, tmp_path):
 
 
 def test_evaluate_json_scores(setup):
+    # --no-meteor: METEOR starts a 2 GB JVM (a minute on a busy machine); the metrics tests cover it.
     model = str(setup["models"]["show_attend_tell"])
     data = f"folder:{setup['data']}"
     res = runner.invoke(app, ["evaluate", "--model", model, "--data", data, "--split", "test", "--beam", "1",
-                              "--json"])
+                              "--json", "--no-meteor"])
     assert res.exit_code == 0, res.output
     scores = json.loads(res.stdout)
     assert set(scores) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "n_images"}
     assert scores["n_images"] == 3 and 0.0 <= scores["BLEU-1"] <= 1.0 and scores["CIDEr"] >= 0.0
+    assert scores["METEOR"] is None
+    res = runner.invoke(app, ["evaluate", "--model", model, "--data", data, "--split", "test", "--beam", "1",
+                              "--json", "--lang", "ru"])  # Unicode tokenizer, METEOR unsupported: no JVM either
+    assert res.exit_code == 0, res.output
+    ru = json.loads(res.stdout)
+    assert ru["METEOR"] is None and ru["n_images"] == 3 and 0.0 <= ru["BLEU-1"] <= 1.0
     res = runner.invoke(app, ["evaluate", "--model", model, "--data", data, "--split", "train"])
     assert res.exit_code == 2 and "no images in split 'train'" in _error_line(res)
+    nosplit = setup["tmp"] / "nosplit"  # a folder without a split column: every image is scored
+    nosplit.mkdir()
+    lines = [json.dumps({"image": str(p), "captions": ["a red square"]}) for p in setup["images"][:2]]
+    (nosplit / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    res = runner.invoke(app, ["evaluate", "--model", model, "--data", f"folder:{nosplit}", "--beam", "1", "--json",
+                              "--no-meteor"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["n_images"] == 2, res.output
+    assert "has no splits; scoring all 2 images" in res.stderr

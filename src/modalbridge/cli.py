@@ -295,6 +295,10 @@ def evaluate_cmd(
     ] = None,
     split: Annotated[str, typer.Option("--split", help="Which split to score.")] = "test",
     beam: Annotated[int, typer.Option("--beam", help="Beam size (1 = greedy).")] = 3,
+    lang: Annotated[
+        str, typer.Option("--lang", help="Language of the references; not 'en': Unicode tokenizer, no METEOR.")
+    ] = "en",
+    meteor: Annotated[bool, typer.Option("--meteor/--no-meteor", help="METEOR (English; starts a JVM).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as one JSON object.")] = False,
 ):
     """Score a captioning model on a dataset split: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap scale)."""
@@ -308,12 +312,17 @@ def evaluate_cmd(
         from modalbridge.captioning import fashion_scenes
 
         data = f"folder:{fashion_scenes.ensure_test_data()}"
-    records = [r for r in datasets.load(data) if r.split == split]
+    records = list(datasets.load(data))
+    if records and not any(r.split for r in records):  # e.g. a folder without a split column: score everything
+        typer.echo(f"note: '{data}' has no splits; scoring all {len(records)} images", err=True)
+    else:
+        records = [r for r in records if r.split == split]
     if not records:
         raise UserError(f"dataset '{data}' has no images in split '{split}'")
     _quiet_hf()
     captioner = load_captioner(model)
-    scores = evaluate(captioner, records, beam=beam, progress=not as_json and sys.stderr.isatty())
+    scores = evaluate(captioner, records, beam=beam, meteor=meteor, lang=lang.strip().lower() or "en",
+                      progress=not as_json and sys.stderr.isatty())
     if as_json:
         typer.echo(json.dumps(scores))
     else:
