@@ -1,4 +1,4 @@
-"""CLI contract through Typer's runner and the console entry point: exit 0 on success, 2 + one error line on bad input."""
+"""CLI contract through Typer's runner and the console entry: exit 0 on success, 2 + one error line on bad input."""
 
 import subprocess
 import sys
