@@ -117,8 +117,8 @@ def test_ambiguous_words_get_mixtures_unless_narrowed(imagenet):
     assert g._candidates("crane", 517, {"vehicle", "structure"}, None) == (134, 517)  # no fit: both stay
     gloss = next(t for t in TEMPLATES if t.kind == "gloss")
     assert g.render(gloss, 517, "crane")[1:] == ((517,), (1.0,))
-    # "missile" (657) and "projectile, missile" (744) share their whole hypernym chain: it stays a mixture
-    assert g.render(disamb, 657, "missile")[1] == (657, 744)
+    # "missile" (657, under rocket) vs "projectile, missile" (744, under weapon): "a kind of rocket" narrows to 657
+    assert g.render(disamb, 657, "missile")[1:] == ((657,), (1.0,))
     # the hypernym named is the nearest one the word's other classes lack
     bat = vocabulary.Vocabulary([
         vocabulary.VocabClass(0, None, "bat", ["bat"], ["thing", "mammal"], ["x1", "x2"], category="animal"),

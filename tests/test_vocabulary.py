@@ -175,3 +175,16 @@ def test_articles():
              "furniture": "some furniture", "neckwear": "some neckwear"}
     for word, phrase in cases.items():
         assert inflect.with_article(word) == phrase
+
+
+def test_vocabulary_is_the_same_in_every_process():
+    """nltk orders hypernym paths by string hashes; the vocabulary must not depend on PYTHONHASHSEED."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, json; from modalbridge.t2i import vocabulary as v; "
+            "print(hashlib.sha256(json.dumps(v.imagenet1k().to_dict(), sort_keys=True).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "5")}
+    assert len(digests) == 1

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_model
 
 from modalbridge import __version__
 from modalbridge.config import from_dict, to_dict
-from modalbridge.errors import UserError
+from modalbridge.errors import UserError, read_json
 from modalbridge.registry import MODELS
 
 CONFIG_NAME = "config.json"
@@ -112,10 +112,7 @@ def read_meta(path: str | Path) -> dict:
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
         raise UserError(f"{path} has no {CONFIG_NAME}; not a modalbridge model directory")
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{cfg_path} is not valid JSON ({e.__class__.__name__})") from None
+    meta = read_json(cfg_path)
     if not isinstance(meta, dict) or "model_type" not in meta or "config" not in meta:
         raise UserError(f"{cfg_path} lacks 'model_type'/'config'; not a modalbridge model directory")
     return meta

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import json
+import os
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 
 class UserError(Exception):
@@ -14,3 +18,14 @@ def closest(name: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or an empty string."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """The parsed content of a user-given JSON file; missing or unreadable is one ``UserError`` naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({type(e).__name__})") from None

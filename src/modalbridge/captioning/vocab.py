@@ -15,7 +15,6 @@ Special ids are fixed so that models, padding and decoding agree: ``<pad>=0 <bos
 
 from __future__ import annotations
 
-import json
 import math
 import unicodedata
 from collections import Counter
@@ -25,7 +24,7 @@ from typing import Any
 
 import regex
 
-from modalbridge.errors import UserError
+from modalbridge.errors import UserError, read_json
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
@@ -198,14 +197,7 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"vocabulary file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is not valid UTF-8 JSON ({type(e).__name__})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "vocabulary file"))
 
     # ------------------------------------------------------------------------------------------ embeddings
     def embedding_matrix(self, vectors: Any, std: float | None = None, seed: int = 0):

@@ -11,7 +11,6 @@ Accepted specs:
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 
 from modalbridge import assets, checkpoint
 from modalbridge.config import from_dict
-from modalbridge.errors import UserError, closest
+from modalbridge.errors import UserError, closest, read_json
 from modalbridge.generators.biggan import BigGAN, BigGANConfig, truncated_noise
 from modalbridge.registry import Registry
 
@@ -130,10 +129,7 @@ def _read_config(path: Path) -> dict:
     cfg_file = path / checkpoint.CONFIG_NAME
     if not cfg_file.is_file():
         raise UserError(f"{path} has no {checkpoint.CONFIG_NAME}; not a generator directory")
-    try:
-        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{cfg_file} is not valid JSON ({type(e).__name__})") from None
+    meta = read_json(cfg_file)
     if not isinstance(meta, dict):
         raise UserError(f"{cfg_file} must hold a JSON object")
     return meta

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from modalbridge.errors import UserError
+from modalbridge.errors import UserError, read_json
 from modalbridge.t2i import inflect
 from modalbridge.t2i.vocabulary import Vocabulary, key
 
@@ -416,13 +416,7 @@ class _Generator:
 # ---------------------------------------------------------------------------------------------- mining
 def read_captions(path: str | Path) -> list[tuple[str, str]]:
     """``(image_id, caption)`` pairs of a COCO-format captions file (``annotations/captions_*.json``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"captions file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({type(e).__name__})") from None
+    data = read_json(path, "captions file")
     anns = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(anns, list) or not all(isinstance(a, dict) and isinstance(a.get("caption"), str)
                                               and "image_id" in a for a in anns):

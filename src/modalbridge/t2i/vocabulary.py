@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from modalbridge.errors import UserError
+from modalbridge.errors import UserError, read_json
 from modalbridge.t2i import inflect
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -304,14 +304,7 @@ class Vocabulary:
 
 def load(path: str | Path) -> Vocabulary:
     """Vocabulary saved by :meth:`Vocabulary.save` (no WordNet needed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"vocabulary file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({type(e).__name__})") from None
-    return Vocabulary.from_dict(data, source=str(path))
+    return Vocabulary.from_dict(read_json(path, "vocabulary file"), source=str(path))
 
 
 # ---------------------------------------------------------------------- builders (need WordNet)
@@ -376,7 +369,10 @@ def from_wnids(
     for i, w in enumerate(wnids):
         syn = wordnet.synset(w)
         words = _dedupe(lemmas[i] if lemmas is not None else [_name(x) for x in syn.lemma_names()])
-        path = max(syn.hypernym_paths(), key=len)[::-1][1:]  # nearest ancestor first, up to 'entity'
+        # The longest path, nearest ancestor first, up to 'entity'. nltk lists the paths in an order that changes with
+        # PYTHONHASHSEED, so ties go to the alphabetically first chain: the same vocabulary in every process.
+        paths = [p[::-1][1:] for p in syn.hypernym_paths()]
+        path = min(paths, key=lambda p: (-len(p), [a.name() for a in p]))
         classes.append(VocabClass(
             index=i,
             wnid=wordnet.wnid(syn),
