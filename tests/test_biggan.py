@@ -179,7 +179,7 @@ def test_small_config_trains_and_records_standing_stats():
     model = BigGAN(cfg).train()
     labels = torch.tensor([0, 3, 9, 9])
     x = model(torch.randn(4, 128), model.embed(labels), 1.0)
-    assert x.shape == (4, 1, 32, 32)
+    assert x.shape == (4, 3, 32, 32) and torch.equal(x[:, 0], x[:, 2])  # gray repeated to the RGB interface
     x.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     model.update_standing_stats(batches=1, batch_size=8)

@@ -112,7 +112,7 @@ def test_gan_task_trains_through_engine_and_exports_a_generator(tmp_path):
     model_dir = run_dir / "model"
     meta = json.loads((model_dir / "config.json").read_text())
     assert meta["model_type"] == "biggan_deep"
-    assert meta["config"]["channel_width"] == 8 and meta["config"]["out_channels"] == 3
+    assert meta["config"]["channel_width"] == 8 and meta["config"]["out_channels"] == 1  # gray, repeated to RGB
     assert meta["config"]["n_stats"] == 3 and meta["extra"]["generator_steps"] == 6
     assert meta["extra"]["classes"][1] == "Trouser"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "samples" / "step000006.png").is_file()

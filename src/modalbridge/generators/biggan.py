@@ -335,14 +335,16 @@ class BigGAN(nn.Module):
             truncation: in (0, 1]; picks the batch-norm statistics matching the noise's truncation.
 
         Returns:
-            (B, out_channels, output_dim, output_dim) images in [-1, 1].
+            (B, 3, output_dim, output_dim) images in [-1, 1]; a grayscale generator (``out_channels=1``) repeats
+            its channel, so every generator has the published RGB interface.
         """
         t, cfg = check_truncation(truncation), self.config
         if z.dim() != 2 or z.shape[1] != cfg.z_dim or class_embedding.shape != (z.shape[0], cfg.class_embed_dim):
             raise UserError(f"BigGAN expects z (B, {cfg.z_dim}) and class_embedding (B, {cfg.class_embed_dim}), got "
                             f"{tuple(z.shape)} and {tuple(class_embedding.shape)}")  # fmt: skip
         c = torch.cat([z, class_embedding.to(z.dtype)], dim=1)  # (B, Z + E)
-        return self.generator(c, t)  # (B, out_channels, H, W)
+        x = self.generator(c, t)  # (B, out_channels, H, W)
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # (B, 3, H, W)
 
     @torch.no_grad()
     def update_standing_stats(self, batches: int = 4, batch_size: int = 64, seed: int = 0) -> None:

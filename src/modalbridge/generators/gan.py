@@ -162,7 +162,7 @@ class GANModelConfig:
     resolution: int = 32  # 28x28 Fashion-MNIST is zero-padded (black) to this
     num_classes: int = 10
     g_channel_width: int = 16
-    out_channels: int = 3  # the BigGAN interface gives RGB; gray data is replicated, so G learns gray
+    out_channels: int = 1  # 1: G learns gray (the data) and repeats it to RGB; 3: G learns RGB (gray_penalty)
     generator: dict = field(default_factory=dict)  # BigGANConfig overrides on top of BigGANConfig.small(...)
     d_channel_width: int = 32
     d_lr: float = 4e-4  # TTUR: D learns faster than G (optim.lr); optim.betas serve both
@@ -224,7 +224,7 @@ class GANModule(BridgeModule):
         self.discriminator.requires_grad_(False)
         fake, fake_labels = self._fake(b)
         g_loss = g_hinge_loss(self.discriminator(fake, fake_labels))
-        if self.mcfg.gray_penalty and fake.shape[1] > 1:
+        if self.mcfg.gray_penalty and self.generator.config.out_channels > 1:
             # the data is gray replicated to RGB; a direct penalty removes colour faster than D's gradient does
             g_loss = g_loss + self.mcfg.gray_penalty * (fake - fake.mean(1, keepdim=True)).pow(2).mean()
         g_opt.zero_grad(set_to_none=True)
@@ -316,7 +316,7 @@ class GANTask(Task):
 
         m = self.cfg.model
         g_cfg = load_generator_config(m)
-        d_cfg = DiscriminatorConfig(in_channels=g_cfg.out_channels, resolution=m.resolution,
+        d_cfg = DiscriminatorConfig(in_channels=3, resolution=m.resolution,
                                     channel_width=m.d_channel_width, num_classes=m.num_classes)
         return GANModule(BigGAN(g_cfg), ProjectionDiscriminator(d_cfg), self.cfg)
 
