@@ -1,6 +1,6 @@
 """Compare mapper heads x losses on one cached feature set; writes docs/results/mappers_fashion.json.
 
-    python scripts/compare_mappers.py [--config configs/t2i/fashion_minilm_inspan.yaml] [--epochs E]
+    python scripts/compare_mappers.py [--config configs/t2i/fashion_minilm.yaml] [--epochs E]
                                       [--out docs/results/mappers_fashion.json] [key=value ...]
 
 Every variant uses the config's data (sentences, encoder, layer, generator), optimiser and epochs; only
@@ -81,7 +81,7 @@ def train_variant(task: T2ITask, kind: str, loss: str, epochs: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(ROOT / "configs/t2i/fashion_minilm_inspan.yaml"))
+    p.add_argument("--config", default=str(ROOT / "configs/t2i/fashion_minilm.yaml"))
     p.add_argument("--epochs", type=int, default=None, help="default: trainer.max_epochs of the config")
     p.add_argument("--kinds", nargs="*", default=None)
     p.add_argument("--losses", nargs="*", default=list(LOSSES))

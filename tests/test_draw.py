@@ -44,7 +44,9 @@ def test_library_draw(model_dir):
     assert P.load_pipeline(str(model_dir)) is pipe  # loaded once per process
     d = pipe.draw("a red\x00 dress\u200b ", n=3, seed=5, truncation=0.4)
     assert d.text == "a red dress" and d.seed == 5 and len(d.images) == 3
-    assert d.images[0].size == (8, 8) and d.images[0].mode == "L"
+    assert d.images[0].size == (8, 8) and d.images[0].mode == "RGB"  # a gray generator's channel, repeated
+    r, g, b = d.images[0].split()
+    assert r.tobytes() == g.tobytes() == b.tobytes()
     assert len(d.classes) == 5 and {"label", "wnid", "score"} == set(d.classes[0])
     scores = [c["score"] for c in d.classes]
     assert scores == sorted(scores, reverse=True) and sum(scores) <= 1.0 + 1e-3
@@ -178,3 +180,27 @@ def test_shipped_default_is_deterministic(tmp_path):
     ra, rb = json.loads(a[1]), json.loads(b[1])
     assert ra["classes"][0]["label"] == "Dress"
     assert [Path(p).read_bytes() for p in ra["images"]] == [Path(p).read_bytes() for p in rb["images"]]
+
+
+@pytest.mark.skipif(assets.embedded("t2i-fashion") is None, reason="t2i-fashion not shipped yet")
+def test_shipped_default_draws_what_the_text_names():
+    """End to end on the shipped models: text -> MiniLM -> mapper -> gan-fashion -> images that the Fashion-MNIST
+    classifier (trained on real images only, scripts/train_fashion_classifier.py) recognises as the class named."""
+    import numpy as np
+
+    from modalbridge.t2i.pipeline import load_pipeline
+    from modalbridge.vision.classifier import load_classifier
+
+    prompts = {"a woman in a red dress": 3, "white running sneakers": 7, "a leather handbag": 8, "a pair of jeans": 1,
+               "a warm winter parka": 4, "flip-flops on the beach": 5, "a cosy jumper": 2, "a black tee": 0,
+               "ankle boots with a heel": 9}
+    pipe = load_pipeline(None)
+    clf = load_classifier()
+    recognised = []
+    for text, label in prompts.items():
+        d = pipe.draw(text, n=4, seed=0)
+        assert len(d.objects) == 1 and d.classes[0]["label"] == pipe.vocab[label].label, (text, d.classes[:2])
+        x = torch.stack([torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32)) for im in d.images])
+        _, pred = clf.embed((x / 127.5 - 1).unsqueeze(1))  # (4, 1, 32, 32) in [-1, 1]
+        recognised += (pred == label).tolist()
+    assert np.mean(recognised) >= 0.8, recognised

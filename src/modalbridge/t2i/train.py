@@ -1,6 +1,6 @@
 """Training task ``t2i_mapper``: fit a mapper from cached text-encoder states to a generator's class embeddings.
 
-``modalbridge train configs/t2i/fashion_minilm_inspan.yaml`` reads the prepared sentences (``data.sentences``),
+``modalbridge train configs/t2i/fashion_minilm.yaml`` reads the prepared sentences (``data.sentences``),
 loads (or first extracts) their cached hidden states for ``data.encoder``/``data.layer``, takes the targets from
 ``load_generator(data.generator).class_embeddings`` and trains on the ``train`` split. Every epoch logs
 ``<split>/{loss,top1,top5,mse,cosine}`` for ``val`` and the held-out ``test_template``/``test_synonym`` splits;
