@@ -83,15 +83,7 @@ def png_bytes(size=(40, 30), color=(200, 30, 30)) -> bytes:
 LIMITS = srv.Limits(max_upload_bytes=200_000, max_pixels=300 * 300, max_text_chars=100, max_images=4, max_beam=5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core box spend their time in thread hand-offs; one torch thread is faster."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,14 @@ from modalbridge.generators.biggan import BigGAN, BigGANConfig, truncated_noise
 from modalbridge.registry import MODELS
 
 ppb = pytest.importorskip("pytorch_pretrained_biggan")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Truncations whose quotient by the 0.02 step is exact in floating point: the reference picks the right slot.
 ON_GRID = [0.02, 0.1, 0.4, 0.5, 1.0]
 # On the grid, but t / 0.02 rounds just off an integer and the reference takes the neighbouring slot.
 MISROUNDED = [0.14, 0.58]
-OFF_GRID = [0.013, 0.337, 0.777, 0.999]  # not halfway: there reversed weights are right
+OFF_GRID = [0.013, 0.337, 0.777, 0.999]  # between slots, not halfway: the reference's swapped weights are wrong there
 SPARE_SLOT = 25  # t = 0.5, exact: the reference reads it correctly, so tests can load any stats into it
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These small models spend most of their time in thread hand-offs on a shared 2-core box; one thread is faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TINY = dict(output_dim=16, z_dim=32, class_embed_dim=32, channel_width=8, num_classes=10,

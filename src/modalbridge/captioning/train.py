@@ -161,12 +161,6 @@ class CaptionModule(BridgeModule):
         super().__init__(model, optim_cfg)
         self.task = task
 
-    def training_step(self, batch, batch_idx):
-        feats, input_ids, targets = batch
-        out = self.model(feats, input_ids, targets)
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(feats))
-        return out.loss
-
     def validation_step(self, batch, batch_idx):
         feats, input_ids, targets = batch
         out = self.model(feats, input_ids, targets)

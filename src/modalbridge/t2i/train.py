@@ -108,12 +108,6 @@ class T2IModule(BridgeModule):
         super().__init__(model, optim_cfg)
         self.eval_names = eval_names
 
-    def training_step(self, batch, batch_idx):
-        states, mask, weights = batch
-        out = self.model(states, mask, weights)
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(states))
-        return out.loss
-
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         states, mask, weights = batch
         out = self.model(states, mask, weights)

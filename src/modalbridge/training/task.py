@@ -22,6 +22,12 @@ class BridgeModule(pl.LightningModule):
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def training_step(self, batch, batch_idx):
+        """Default step for models whose output carries its loss: ``model(*batch).loss``, logged as train/loss."""
+        out = self.model(*batch)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch[0]))
+        return out.loss
+
     def configure_optimizers(self):
         o = self.optim_cfg
         params = self.trainable_parameters()
