@@ -37,6 +37,9 @@ def test_train_bad_inputs(tmp_path):
         (["train", "--resume", str(tmp_path)], "cannot resume"),
         (["train"], "give a CONFIG.yaml"),
     ]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("task: toy_regression\n")
+    cases.append((["train", str(ROOT / "configs/test/toy.yaml"), "--resume", str(tmp_path / "run")], "drop "))
     for args, msg in cases:
         res = runner.invoke(app, args)
         assert res.exit_code == 2, (args, res.output)

@@ -93,6 +93,9 @@ def train_cmd(
     if resume is not None:
         if not (resume / "config.yaml").is_file():
             raise UserError(f"cannot resume: {resume}/config.yaml not found")
+        if config is not None and config.resolve() != (resume / "config.yaml").resolve():
+            raise UserError(f"--resume continues {resume} with its own config.yaml; drop {config} "
+                            "(key=value overrides still apply)")
         config = resume / "config.yaml"
     if config is None:
         raise UserError("give a CONFIG.yaml (or --resume RUN_DIR)")
