@@ -112,6 +112,23 @@ def test_show_tell_sees_the_image_only_first():
     assert model.step(ids[:, 0], model.init_state(feats))[2] is None  # no attention
 
 
+@pytest.mark.parametrize("cls", [ShowTell, ShowAttendTell])
+def test_teacher_forcing_equals_stepping(cls):
+    """forward applies the output layer to all steps at once; decoding steps one at a time: same log-probs."""
+    torch.manual_seed(0)
+    model = cls(tiny()).eval()
+    feats, ids, _ = batch()
+    out = model(feats, ids)
+    state, steps, attns = model.init_state(feats), [], []
+    for t in range(T):
+        logprobs, state, attn = model.step(ids[:, t], state)
+        steps.append(logprobs)
+        attns.append(attn)
+    torch.testing.assert_close(out.logits.log_softmax(-1), torch.stack(steps, 1))
+    if cls is ShowAttendTell:
+        torch.testing.assert_close(out.attention, torch.stack(attns, 1))
+
+
 def test_padding_does_not_change_earlier_positions():
     torch.manual_seed(0)
     model = ShowAttendTell(tiny()).eval()

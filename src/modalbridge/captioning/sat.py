@@ -13,7 +13,9 @@ E word-embedding size, H LSTM hidden size, A attention size, V vocabulary size.
 
 Both implement the decoder protocol used by :mod:`modalbridge.captioning.decoding` (greedy / beam / top-p):
 ``state = init_state(memory)``; ``logprobs, state, attn = step(tokens, state)``; ``reorder_state(state, index)``.
-Training runs the same ``step`` under teacher forcing, so decoding and training cannot drift apart.
+A step is ``_advance`` (the recurrence) then ``_output`` (the output layer). Training runs the same ``_advance``
+under teacher forcing, so decoding and training cannot drift apart, and applies ``_output`` to all steps at once
+(one large matrix product instead of T small ones).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class CaptionDecoder(nn.Module):
     """Shared parts: the teacher-forced ``forward`` over ``_step`` and the protocol's ``step``/``reorder_state``.
 
     Subclasses set ``feature`` ("grid": memory is ``(B, P, C)``; "pooled": ``(B, C)``) and implement
-    ``init_state`` and ``_step`` (which returns logits, not log-probabilities).
+    ``init_state`` and either ``_advance`` + ``_output`` (recurrence, then output layer; see the module docstring) or
+    ``_step`` and their own ``forward``. Both return logits, not log-probabilities.
     """
 
     feature: str = "grid"
@@ -52,8 +55,17 @@ class CaptionDecoder(nn.Module):
     def init_state(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def _step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    def _advance(self, tokens: torch.Tensor, state: dict) -> tuple[tuple, dict, torch.Tensor | None]:
+        """Tokens ``(B,)`` -> the output layer's inputs (a tuple of ``(B, ·)``), new state, attention ``(B, P)``."""
         raise NotImplementedError
+
+    def _output(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The output layer: inputs ``(..., ·)`` from ``_advance`` -> logits ``(..., V)``."""
+        raise NotImplementedError
+
+    def _step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+        inputs, state, attn = self._advance(tokens, state)
+        return self._output(*inputs), state, attn
 
     def never_generated(self) -> list[int]:
         """Token ids that are never a target (e.g. ``<pad>``, ``<bos>``): masked out of every prediction."""
@@ -82,12 +94,12 @@ class CaptionDecoder(nn.Module):
         """Teacher forcing: feed ``input_ids`` ``(B, T)`` (``<bos> w_1 .. w_n``), predict ``targets`` ``(B, T)``
         (``w_1 .. w_n <eos>``, padded with -100)."""
         state = self.init_state(memory)
-        logits, attns = [], []
+        inputs, attns = [], []
         for t in range(input_ids.shape[1]):
-            step_logits, state, attn = self._step(input_ids[:, t], state)
-            logits.append(step_logits)
+            step_inputs, state, attn = self._advance(input_ids[:, t], state)
+            inputs.append(step_inputs)
             attns.append(attn)
-        logits = self._mask(torch.stack(logits, 1))  # (B, T, V)
+        logits = self._mask(self._output(*(torch.stack(x, 1) for x in zip(*inputs, strict=True))))  # (B, T, V)
         attention = torch.stack(attns, 1) if attns and attns[0] is not None else None  # (B, T, P)
         loss = None
         if targets is not None:
@@ -149,9 +161,12 @@ class ShowTell(_WordDecoder):
         h, c = self.lstm(x)  # (B, H) each; zero initial state, image as x_{-1}
         return {"h": h, "c": c}
 
-    def _step(self, tokens, state):
+    def _advance(self, tokens, state):
         h, c = self.lstm(self.dropout(self.embed(tokens)), (state["h"], state["c"]))  # (B, H)
-        return self.out(self.dropout(h)), {"h": h, "c": c}, None  # (B, V)
+        return (h,), {"h": h, "c": c}, None
+
+    def _output(self, h):
+        return self.out(self.dropout(h))  # (..., H) -> (..., V)
 
 
 @DECODERS.register("show_attend_tell")
@@ -198,14 +213,16 @@ class ShowAttendTell(_WordDecoder):
         beta = torch.sigmoid(self.gate(state["h"]))  # (B, 1): lets the model emphasise words over the image
         return beta * context, alpha
 
-    def _step(self, tokens, state):
+    def _advance(self, tokens, state):
         emb = self.embed(tokens)  # (B, E)
         z, alpha = self.attend(state)  # (B, C), (B, P)
         h, c = self.lstm(torch.cat([emb, z], -1), (state["h"], state["c"]))  # (B, H)
+        return (emb, h, z), {"feats": state["feats"], "proj": state["proj"], "h": h, "c": c}, alpha
+
+    def _output(self, emb, h, z):
         # Deep output (eq. 7); tanh before L_o as in the authors' arctic-captions code.
-        deep = torch.tanh(emb + self.out_hidden(h) + self.out_context(z))  # (B, E)
-        logits = self.out(self.dropout(deep))  # (B, V)
-        return logits, {"feats": state["feats"], "proj": state["proj"], "h": h, "c": c}, alpha
+        deep = torch.tanh(emb + self.out_hidden(h) + self.out_context(z))  # (..., E)
+        return self.out(self.dropout(deep))  # (..., V)
 
     def regularizer(self, attention: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
         """Doubly stochastic attention (eq. 14): every region should get about one unit of attention over the
