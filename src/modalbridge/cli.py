@@ -372,9 +372,9 @@ def main() -> None:
     except cx.UsageError as e:
         print("error: " + " ".join(e.format_message().split()), file=sys.stderr)
         sys.exit(2)
-    except (typer.Abort, getattr(cx, "Abort", typer.Abort)):
+    except typer.Abort:  # typer raises its own Abort and Exit (its vendored click module has neither)
         print("error: aborted", file=sys.stderr)
         sys.exit(130)
-    except (typer.Exit, getattr(cx, "Exit", typer.Exit)) as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
