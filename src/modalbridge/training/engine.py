@@ -5,7 +5,7 @@ builds the task named by ``task:`` from the ``TASKS`` registry and runs a Lightn
 ``runs/<name>/<timestamp>/``:
 
     config.yaml            resolved config (also written into the exported model)
-    checkpoints/           best.ckpt (by checkpoint.monitor), last.ckpt, epoch=N.ckpt every N epochs
+    checkpoints/           best.ckpt (by checkpoint.monitor), last.ckpt (every epoch), epoch=N.ckpt every N epochs
     logs/csv, logs/tensorboard   (+ MLflow in <run_root>/mlflow.db or W&B offline files when selected)
     model/                 the best weights exported as a model directory (config.json + model.safetensors)
 """
@@ -118,6 +118,46 @@ class EpochSeed:
         return _EpochSeed()
 
 
+class LastCheckpoint:
+    """``checkpoints/last.ckpt`` after every completed epoch (unmonitored, overwritten in place): what --resume
+    continues from. A ModelCheckpoint subclass, so its restored state never mixes with the ``best`` callback's."""
+
+    def __new__(cls, dirpath: Path):
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        class _LastCheckpoint(ModelCheckpoint):
+            pass
+
+        return _LastCheckpoint(
+            dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=1, save_last=False,
+            auto_insert_metric_name=False, enable_version_counter=False,
+        )
+
+
+def load_training_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint loaded with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
+    planted pickle cannot run code. Corrupt, truncated, empty or foreign files give one UserError naming ``path``."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e) or "not an allowed global" in str(e):
+            raise UserError(f"refused to load {path}: it holds pickled Python objects, not just tensors "
+                            "(loading it could run code)") from None
+        raise UserError(f"refused to load {path}: not a weights-only PyTorch checkpoint (corrupt, or pickled "
+                        "Python objects)") from None
+    except Exception as e:  # noqa: BLE001 - EOFError (empty), RuntimeError (truncated zip), OSError, ...
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"corrupt or truncated checkpoint {path}: {msg}") from None
+    if not isinstance(state, dict) or not {"state_dict", "epoch", "global_step", "loops"} <= state.keys():
+        raise UserError(f"{path} is not a Lightning training checkpoint (no state_dict/epoch/loops)")
+    return state
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """A shuffling sampler whose order is a function of (seed, epoch); Lightning calls ``set_epoch``.
     Under DDP each rank takes every ``world``-th index of the same permutation."""
@@ -163,13 +203,15 @@ def new_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def _loggers(cfg: RunConfig, run_dir: Path) -> list:
+def _loggers(cfg: RunConfig, run_dir: Path, resumed_epoch: int | None = None) -> list:
     from lightning.pytorch import loggers as L
 
     out = []
     for name in cfg.logger.backends:
         if name == "csv":
             out.append(L.CSVLogger(run_dir / "logs", name="csv", version=""))
+            if resumed_epoch is not None:
+                _keep_csv_history(out[-1], resumed_epoch)
         elif name == "tensorboard":
             out.append(L.TensorBoardLogger(run_dir / "logs", name="tensorboard", version="", default_hp_metric=False))
         elif name == "mlflow":
@@ -186,6 +228,29 @@ def _loggers(cfg: RunConfig, run_dir: Path) -> list:
     return out
 
 
+def _keep_csv_history(logger, resumed_epoch: int) -> None:
+    """On resume, keep ``metrics.csv`` rows of epochs up to the checkpoint's (Lightning's CSV writer deletes the file
+    when it opens); rows of later, unfinished epochs go, as the resumed run logs them again."""
+    import csv
+    import warnings
+
+    path = Path(logger.log_dir) / "metrics.csv"
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0 or not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        keys, rows = sorted(reader.fieldnames or []), list(reader)
+    rows = [r for r in rows if not r.get("epoch") or int(float(r["epoch"])) <= resumed_epoch]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted")
+        writer = logger.experiment  # opening the writer deletes metrics.csv
+    with open(path, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=keys)
+        out.writeheader()
+        out.writerows(rows)
+    writer.metrics_keys = keys  # later rows are appended (new columns rewrite the header)
+
+
 def _has(module: str) -> bool:
     import importlib.util
 
@@ -199,9 +264,12 @@ def _callbacks(cfg: RunConfig, run_dir: Path) -> list:
     out = [
         EpochSeed(cfg.seed),
         C.ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="best", monitor=c.monitor, mode=c.mode, save_last=True,
+            dirpath=run_dir / "checkpoints", filename="best", monitor=c.monitor, mode=c.mode, save_last=False,
             save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
         ),
+        # Not save_last=True on the monitored callback: Lightning writes last.ckpt only when that callback saves,
+        # i.e. on improvement, so last.ckpt would be the best epoch and --resume would redo epochs.
+        LastCheckpoint(run_dir / "checkpoints"),
     ]
     if c.every_n_epochs > 0:
         out.append(C.ModelCheckpoint(
@@ -233,10 +301,11 @@ def train(cfg: RunConfig, resume: str | Path | None = None) -> Path:
         last = run_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise UserError(f"cannot resume: {last} not found")
+        resumed_epoch = int(load_training_checkpoint(last)["epoch"])  # checked before Lightning touches it
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     else:
         run_dir = new_run_dir(cfg)
-        last = None
+        last, resumed_epoch = None, None
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         save_yaml(cfg, run_dir / "config.yaml")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -252,27 +321,36 @@ def train(cfg: RunConfig, resume: str | Path | None = None) -> Path:
             gradient_clip_val=t.gradient_clip_val or None, accumulate_grad_batches=t.accumulate_grad_batches,
             log_every_n_steps=t.log_every_n_steps, check_val_every_n_epoch=t.check_val_every_n_epoch,
             limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
-            logger=_loggers(cfg, run_dir), callbacks=_callbacks(cfg, run_dir), enable_progress_bar=t.progress,
-            enable_model_summary=False, deterministic=t.deterministic, use_distributed_sampler=False,
+            logger=_loggers(cfg, run_dir, resumed_epoch), callbacks=_callbacks(cfg, run_dir),
+            enable_progress_bar=t.progress, enable_model_summary=False, deterministic=t.deterministic,
+            use_distributed_sampler=False,
         )
     except (ValueError, RuntimeError, TypeError) as e:  # bad accelerator/precision/strategy combinations
         raise UserError(f"cannot build the trainer: {str(e).splitlines()[0]}") from None
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last, weights_only=False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last, weights_only=True)
     if trainer.is_global_zero:
         export_best(trainer, module, task, cfg, run_dir)
     return run_dir
 
 
 def export_best(trainer, module, task, cfg: RunConfig, run_dir: Path) -> Path:
-    """Write the best checkpoint's model weights as ``run_dir/model`` (a model directory)."""
+    """Write the best checkpoint's model weights as ``run_dir/model`` (a model directory).
+
+    ``metrics.json``: plain keys are the last epoch's values (``last/epoch``), ``best/<monitor>`` is the best score
+    (``best/epoch``), ``weights/epoch`` is the epoch of the exported weights; epochs count from 0 as in checkpoints/.
+    """
     cb = trainer.checkpoint_callback
     best = getattr(cb, "best_model_path", "") if cb is not None else ""
+    last_epoch = max(0, trainer.current_epoch - 1)  # current_epoch counts completed epochs once fit returns
+    epochs = {"last/epoch": last_epoch, "weights/epoch": last_epoch}
     if best and Path(best).is_file():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+        state = torch.load(best, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+        epochs["best/epoch"] = epochs["weights/epoch"] = int(state["epoch"])
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     if cb is not None and cb.best_model_score is not None:
         metrics["best/" + cfg.checkpoint.monitor] = float(cb.best_model_score)
+    metrics.update(epochs)
     return task.export(module, run_dir / "model", metrics=metrics, run_config=to_dict(cfg))
 
 
