@@ -116,3 +116,21 @@ def test_last_ckpt_is_last_epoch_and_resume_keeps_history(tmp_path):
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 4
     assert _csv_epochs(run) == [0, 1, 2, 3, 4]  # the first three epochs were not wiped
     assert engine.ckpt.read_json_file(run / "model" / "metrics.json")["last/epoch"] == 4
+
+
+# ------------------------------------------------------------------------ corrupt model directories: exit 2
+@pytest.mark.parametrize("kind", ["zero", "truncated", "random"])
+def test_corrupt_model_directory_is_one_error(tmp_path, kind):
+    from PIL import Image
+
+    from modalbridge import assets
+
+    model = tmp_path / "model"
+    shutil.copytree(assets.resolve("caption-fashion"), model)
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"zero": b"", "truncated": data[: len(data) // 3], "random": os.urandom(4096)}[kind])
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "a.png")
+    res = runner.invoke(app, ["caption", "--model", str(model), str(tmp_path / "a.png")])
+    assert res.exit_code == 2, res.output
+    assert str(weights) in _error_line(res)
