@@ -134,3 +134,55 @@ def test_corrupt_model_directory_is_one_error(tmp_path, kind):
     res = runner.invoke(app, ["caption", "--model", str(model), str(tmp_path / "a.png")])
     assert res.exit_code == 2, res.output
     assert str(weights) in _error_line(res)
+
+
+# ------------------------------------------------------------------------- extreme aspect ratios, pixel cap
+@pytest.mark.parametrize("size", [(20000, 1), (1, 20000), (100000, 1)])
+def test_extreme_aspect_ratio_is_centre_cropped_before_resizing(tmp_path, size):
+    """A 20000x1 PNG used to be resized to 5,120,000 x 256 (gigabytes) before the centre crop."""
+    import numpy as np
+    from PIL import Image
+
+    from modalbridge.vision.encoders import Preprocess
+    from modalbridge.vision.io import load_image
+
+    w, h = size
+    a = np.zeros((h, w, 3), np.uint8)  # black ends, a green middle wider than the 4:1 window that is kept
+    if w > h:
+        a[:, w // 2 - 2 * h - 1 : w // 2 + 2 * h + 1] = (0, 255, 0)
+    else:
+        a[h // 2 - 2 * w - 1 : h // 2 + 2 * w + 1, :] = (0, 255, 0)
+    Image.fromarray(a).save(tmp_path / "thin.png")
+    pre = Preprocess(256, (224, 224), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 3)
+    x = pre([load_image(tmp_path / "thin.png")])
+    assert x.shape == (1, 3, 224, 224)
+    torch.testing.assert_close(x[0, :, 112, 112], torch.tensor([0.0, 1.0, 0.0]), atol=0.02, rtol=0)
+    # ordinary shapes are untouched: the HF rule (short side 256, centre crop 224) as before
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 300, 3), dtype=np.uint8))
+    ref = img.resize((int(256 * 300 / 90), 256), resample=Image.Resampling.BICUBIC)
+    left, top = (ref.width - 224) // 2, (256 - 224) // 2
+    ref = torch.from_numpy(np.asarray(ref.crop((left, top, left + 224, top + 224)), np.float32) / 255).permute(2, 0, 1)
+    torch.testing.assert_close(pre([img])[0], ref)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR claiming ``width`` x ``height`` (no pixel data: only headers are read)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def test_api_images_over_the_pixel_cap_are_413_even_beyond_pillows_bomb_limit():
+    from modalbridge.app import server as srv
+
+    limits = srv.Limits()
+    for w, h in [(6000, 5000), (100_000, 2_000)]:  # 30 MP: over our cap; 200 MP: Pillow refuses to open it
+        with pytest.raises(srv.ApiError) as e:
+            srv.check_image(_png_header(w, h), limits)
+        assert e.value.status == 413
+    srv.check_image(_png_header(100_000, 1), limits)  # few pixels: allowed (Preprocess crops it)

@@ -158,7 +158,9 @@ def check_image(data: bytes, limits: Limits) -> None:
     try:
         with Image.open(io.BytesIO(data)) as probe:
             w, h = probe.size
-    except Exception:  # noqa: BLE001 - not an image (or a bomb): load_image says which, in the worker
+    except Image.DecompressionBombError:  # Pillow refuses > 2 x its MAX_IMAGE_PIXELS from the header: over our cap
+        raise ApiError(413, f"the image has more pixels than Pillow opens; the limit is {limits.max_pixels}") from None
+    except Exception:  # noqa: BLE001 - not an image: load_image says why (400), in the worker
         return
     if w * h > limits.max_pixels:
         raise ApiError(413, f"the image is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}")

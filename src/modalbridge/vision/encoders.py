@@ -35,6 +35,7 @@ from modalbridge.errors import UserError
 from modalbridge.registry import Registry
 
 ENCODERS = Registry("image encoder")
+MAX_ASPECT = 4  # Preprocess centre-crops images more elongated than this before a short-side resize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,6 +83,15 @@ class Preprocess:
         img = img.convert("RGB")
         w, h = img.size
         if isinstance(self.resize, int):
+            # Resizing a 20000x1 image's short side to 256 would make a 5,120,000 x 256 image (gigabytes) that
+            # the crop then mostly throws away: first centre-crop anything longer than MAX_ASPECT : 1.
+            if max(w, h) > MAX_ASPECT * min(w, h):
+                long = MAX_ASPECT * min(w, h)
+                if w > h:
+                    img = img.crop(((w - long) // 2, 0, (w - long) // 2 + long, h))
+                else:
+                    img = img.crop((0, (h - long) // 2, w, (h - long) // 2 + long))
+                w, h = img.size
             # The HF rule: the short side becomes ``resize``, the long side int(resize * long / short).
             if w <= h:
                 new = (self.resize, int(self.resize * h / w))
