@@ -83,7 +83,7 @@ def test_per_token_words_align_to_word_pieces(model_dir):
     enc = pipe.encoder.encode("the xyz dresses")
     mask = torch.zeros(1, enc.mask.shape[1], dtype=torch.bool)
     mask[0, 2:5] = True  # x ##y ##z
-    expected = pipe.mapper(enc.hidden, mask).embedding
+    expected = pipe.classifier.model(enc.hidden, mask).embedding
     z = truncated_noise(1, 128, P.DEFAULT_TRUNCATION, 2)
     img = P.to_pil(pipe.generator(z, expected, P.DEFAULT_TRUNCATION))[0]
     assert P.png_bytes(img) == P.png_bytes(frames[1][1])

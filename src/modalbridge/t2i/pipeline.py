@@ -1,19 +1,23 @@
-"""Text -> image: frozen text encoder -> mapper -> class embedding -> frozen generator, loaded once.
+"""Text -> image: frozen text encoder -> resolver or mapper -> class embedding -> frozen generator, loaded once.
 
-``load_pipeline(spec)`` loads a mapper model directory (``t2i_mapper``; default: the embedded ``t2i-fashion``)
-and the two frozen models its ``config.json`` names. ``Pipeline.draw(text)`` returns images and the top-5 classes.
+``load_pipeline(spec, generator)`` loads a text -> class model directory (default: the embedded ``t2i-fashion``)
+through :func:`modalbridge.t2i.classify.load_classifier`, and a generator: the one the model's ``config.json``
+names, or ``generator`` (a name such as ``biggan-deep-256`` or a directory in the published format).
+``Pipeline.draw(text)`` returns images and the top-5 classes.
+
+Two kinds of text -> class model:
+* ``t2i_mapper`` (mapper.py): bound to one generator's class table; its output embedding is drawn as it is.
+* ``t2i_resolver`` (resolver.py): p(class | text) over its vocabulary, no generator inside. The class embedding is
+  ``sharpen(p) @ table`` with the chosen generator's own table, for any generator with as many classes in the same
+  order (all BigGAN-deep resolutions). Sharpening keeps the top class and at most two close relatives of it (same
+  WordNet parent or grandparent, at least half its probability): "a dog" may blend two breeds, never a dog and a bus.
 
 Decisions a user sees:
-* Text is cleaned first: control and format characters (C0/C1, zero-width, bidi marks) become spaces and runs of
-  whitespace collapse; text that is then empty is an error. Over-long text is truncated by the encoder with a
-  warning (``max_length`` word pieces).
+* Text is cleaned first (``classify.clean_text``); text that is then empty is an error. Over-long text is truncated
+  by the encoder with a warning (``max_length`` word pieces).
 * Seed: omitted, it is derived from the cleaned text (SHA-256), so the same text gives the same images.
-* Several objects ("an elephant and a bus"): class words are found with the vocabulary (``Vocabulary.find``,
-  lemmas and plurals, longest match first). When two or more *different* classes are named, the text is cut at
-  the separators between them (",", ";", "and", "or", "with", "plus", "next to", "beside", ...) and every piece
-  naming a class is mapped on its own ("an elephant", "a bus"): one set of images per object instead of a chimera
-  of their averaged embeddings. At most ``MAX_OBJECTS`` objects; ``split_objects=False`` maps the whole text.
-* ``per_token``: one image per word with the same noise, each from the mapper over that word's word pieces only
+* Several objects ("an elephant and a bus"): one set of images per object (see classify.py).
+* ``per_token``: one image per word with the same noise, each from the model over that word's word pieces only
   (contextual states of the whole text; words aligned to word pieces through the tokenizer's offsets).
 * ``interpolate``: frames along the straight line between two texts' embeddings, same noise.
 
@@ -26,44 +30,27 @@ import functools
 import hashlib
 import io
 import re
-import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from modalbridge import assets
 from modalbridge import checkpoint as ckpt
 from modalbridge.errors import UserError
-from modalbridge.t2i.mapper import T2IMapper
-from modalbridge.t2i.vocabulary import Vocabulary
+from modalbridge.t2i.classify import DEFAULT_MODEL, MAX_OBJECTS, TextClassifier, clean_text, load_classifier
+from modalbridge.t2i.resolver import class_embedding
 
-DEFAULT_MODEL = "t2i-fashion"
+__all__ = ["DEFAULT_MODEL", "DEFAULT_TRUNCATION", "MAX_N", "MAX_OBJECTS", "MAX_SEED", "Drawing", "DrawObject",
+           "Pipeline", "check_n", "check_seed", "check_truncation", "clean_text", "load_pipeline"]
 DEFAULT_TRUNCATION = 0.5
-MAX_OBJECTS = 4
 MAX_N = 64
-_SEPARATORS = re.compile(
-    r"\s*(?:[,;:/&+]|\b(?:and|or|with|plus|next to|beside|besides|near|alongside|along with|together with|"
-    r"then|versus|vs)\b)\s*",
-    re.IGNORECASE,
-)
-
-
-def clean_text(text: str) -> str:
-    """Control/format characters -> spaces, whitespace collapsed; empty text is a UserError."""
-    if not isinstance(text, str):
-        raise UserError("text must be a string")
-    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text)
-    text = " ".join(text.split())
-    if not text:
-        raise UserError("text is empty (nothing left after removing whitespace and control characters)")
-    return text
+MAX_SEED = 2**63 - 1
 
 
 def text_seed(text: str) -> int:
     """A seed derived from the text: the same text draws the same images."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8", "replace")).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def to_pil(images: torch.Tensor) -> list:
@@ -99,42 +86,30 @@ class Drawing:
 
 
 class Pipeline:
-    """Text encoder + mapper + generator, all frozen and in eval mode."""
+    """Text classifier (encoder + resolver or mapper) + generator, all frozen and in eval mode."""
 
-    def __init__(self, mapper: T2IMapper, encoder, generator, vocab: Vocabulary, source: str = ""):
-        self.mapper, self.encoder, self.generator, self.vocab, self.source = mapper, encoder, generator, vocab, source
+    def __init__(self, classifier: TextClassifier, generator, source: str = "", generator_name: str = ""):
+        self.classifier, self.generator, self.source = classifier, generator, source
+        self.generator_name = generator_name
+        self.vocab, self.encoder = classifier.vocab, classifier.encoder
+        self.table = generator.class_embeddings.detach().float()  # (K, E)
         self.z_dim = int(generator.config.z_dim)
 
     # ------------------------------------------------------------------ embedding
+    def _embeddings(self, probs: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        return emb if emb is not None else class_embedding(self.classifier.sharpen(probs), self.table)
+
     @torch.no_grad()
     def embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
         """Texts -> (class embeddings (B, E), class probabilities (B, K), truncated flags)."""
-        enc = self.encoder.encode(texts)
-        out = self.mapper(enc.hidden, enc.mask)
-        return out.embedding, self.mapper.class_scores(out), enc.truncated
+        probs, emb, truncated = self.classifier.score(texts)
+        return self._embeddings(probs, emb), probs, truncated
 
     def top_classes(self, probs: torch.Tensor, k: int = 5) -> list[dict]:
-        """(K,) probabilities -> top-k ``{"label", "wnid", "score"}``."""
-        p, idx = probs.topk(min(k, len(probs)))
-        return [{"label": self.vocab[i].label, "wnid": self.vocab[i].wnid or "", "score": round(float(s), 4)}
-                for s, i in zip(p.tolist(), idx.tolist(), strict=True)]
+        return self.classifier.top_classes(probs, k)
 
     def objects(self, text: str) -> list[str]:
-        """Pieces of ``text`` that each name a different class; ``[text]`` when it names fewer than two."""
-        head = text[:4096]  # object detection looks at the start of very long texts only
-        if len({m.classes for m in self.vocab.find(head)}) < 2:
-            return [text]
-        pieces, seen = [], set()
-        for piece in _SEPARATORS.split(head):
-            found = self.vocab.find(piece)
-            if found and found[0].classes not in seen and piece.strip():
-                seen.add(found[0].classes)
-                pieces.append(piece.strip())
-        if len(pieces) < 2:
-            return [text]  # the class words are not separated ("a shirt bag"): let the mapper decide
-        if len(pieces) > MAX_OBJECTS:
-            warnings.warn(f"text names {len(pieces)} objects; drawing the first {MAX_OBJECTS}", stacklevel=2)
-        return pieces[:MAX_OBJECTS]
+        return self.classifier.objects(text)
 
     # ------------------------------------------------------------------ images
     @torch.no_grad()
@@ -154,12 +129,12 @@ class Pipeline:
             n: images per object, 1..64.
             seed: noise seed; None derives it from the text.
             truncation: in (0, 1]; lower = more typical, less varied images.
-            split_objects: map each named object separately (see module docstring).
+            split_objects: map each named object separately (see classify.py).
         """
         text = clean_text(text)
-        n = _check_n(n)
-        truncation = _check_truncation(truncation)
-        seed = text_seed(text) if seed is None else int(seed)
+        n = check_n(n)
+        truncation = check_truncation(truncation)
+        seed = text_seed(text) if seed is None else check_seed(seed)
         pieces = self.objects(text) if split_objects else [text]
         texts = [text] + pieces if len(pieces) > 1 else [text]
         emb, probs, truncated = self.embed(texts)  # (B, E), (B, K)
@@ -175,21 +150,20 @@ class Pipeline:
                   ) -> list[tuple[str, object, dict]]:
         """One image per word: ``[(word, image, top class), ...]``, all with the same noise."""
         text = clean_text(text)
-        truncation = _check_truncation(truncation)
-        seed = text_seed(text) if seed is None else int(seed)
-        enc = self.encoder.encode(text)
+        truncation = check_truncation(truncation)
+        seed = text_seed(text) if seed is None else check_seed(seed)
+        enc = self.classifier.encoder.encode(text)
         words = enc.words(0, text)
         if not words:
             raise UserError("text has no words the text encoder can read")
         masks = torch.zeros(len(words), enc.mask.shape[1], dtype=torch.bool)  # (W, T)
         for j, (_, positions) in enumerate(words):
             masks[j, positions] = True
-        out = self.mapper(enc.hidden.expand(len(words), -1, -1), masks)
-        probs = self.mapper.class_scores(out)
+        probs, emb = self.classifier.score_states(enc.hidden.expand(len(words), -1, -1), masks, [w for w, _ in words])
         from modalbridge.generators.biggan import truncated_noise
 
         z = truncated_noise(1, self.z_dim, truncation, seed).expand(len(words), -1)  # (W, Z): same noise
-        images = to_pil(self.generator(z, out.embedding, truncation))
+        images = to_pil(self.generator(z, self._embeddings(probs, emb), truncation))
         return [(w, img, self.top_classes(p, 1)[0]) for (w, _), img, p in zip(words, images, probs, strict=True)]
 
     @torch.no_grad()
@@ -199,8 +173,8 @@ class Pipeline:
         text, to = clean_text(text), clean_text(to)
         if not 2 <= int(steps) <= MAX_N:
             raise UserError(f"--steps must be in 2..{MAX_N}, got {steps}")
-        truncation = _check_truncation(truncation)
-        seed = text_seed(text) if seed is None else int(seed)
+        truncation = check_truncation(truncation)
+        seed = text_seed(text) if seed is None else check_seed(seed)
         emb, _, _ = self.embed([text, to])  # (2, E)
         t = torch.linspace(0, 1, int(steps))[:, None]  # (S, 1)
         path = (1 - t) * emb[0] + t * emb[1]  # (S, E)
@@ -210,56 +184,68 @@ class Pipeline:
         return to_pil(self.generator(z, path, truncation))
 
 
-def _check_n(n: int) -> int:
+def check_n(n: int) -> int:
+    """Images per object: an int in 1..MAX_N, else a UserError."""
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
         raise UserError(f"n must be an integer in 1..{MAX_N}, got {n!r}")
     return n
 
 
-def _check_truncation(truncation: float) -> float:
-    from modalbridge.generators.biggan import check_truncation
+def check_seed(seed: int) -> int:
+    """A noise seed: an int in 0..2**63-1, else a UserError."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    return seed
 
-    return check_truncation(truncation)
+
+def check_truncation(truncation: float) -> float:
+    from modalbridge.generators.biggan import check_truncation as _check
+
+    return _check(truncation)
 
 
-@functools.lru_cache(maxsize=2)
-def _load(path: str) -> Pipeline:
+_check_n, _check_truncation = check_n, check_truncation  # older private names, still used by the CLI and server
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, generator: str | None) -> Pipeline:
     from modalbridge.generators import load_generator
-    from modalbridge.text.encoders import load_text_encoder
 
-    mapper = ckpt.load(path, expected="t2i_mapper")
-    c = mapper.config
-    vocab_data = ckpt.read_json_file(Path(path) / ckpt.VOCAB_NAME)
-    if vocab_data is None:
-        raise UserError(f"{path} has no {ckpt.VOCAB_NAME}; a text -> image model needs its class vocabulary")
-    vocab = Vocabulary.from_dict(vocab_data, source=f"{path}/{ckpt.VOCAB_NAME}")
-    if len(vocab) != c.num_classes:
-        raise UserError(f"{path}: {ckpt.VOCAB_NAME} lists {len(vocab)} classes, the mapper {c.num_classes}")
-    generator = load_generator(c.generator)
-    generator.eval().requires_grad_(False)
-    table = generator.class_embeddings.detach().float()
-    if tuple(table.shape) != (c.num_classes, c.embed_dim):
-        raise UserError(f"generator '{c.generator}' has a {tuple(table.shape)} class table; "
-                        f"the mapper in {path} was trained for ({c.num_classes}, {c.embed_dim})")
-    if not torch.allclose(table, mapper.table, atol=1e-4):
-        warnings.warn(f"the mapper in {path} was trained against another class table than generator "
-                      f"'{c.generator}' has; images may not match the text", stacklevel=2)
-    encoder = load_text_encoder(c.text_encoder, c.text_layer, c.max_length)
-    if encoder.hidden_size != c.text_hidden:
-        raise UserError(f"text encoder '{c.text_encoder}' has hidden size {encoder.hidden_size}; "
-                        f"the mapper in {path} expects {c.text_hidden}")
-    return Pipeline(mapper, encoder, generator, vocab, source=path)
+    classifier = load_classifier(path)
+    c = classifier.model.config
+    if generator is None:
+        if classifier.is_resolver:
+            raise UserError(f"the resolver in {path} has no generator of its own; pass --generator "
+                            "biggan-deep-128|256|512 (Hugging Face hub id, cached) or a directory in the published "
+                            "format (config.json + pytorch_model.bin)")
+        generator = c.generator
+    gen = load_generator(generator)
+    gen.eval().requires_grad_(False)
+    table = gen.class_embeddings.detach().float()
+    if table.shape[0] != c.num_classes:
+        raise UserError(f"generator '{generator}' has {table.shape[0]} classes; the model in {path} scores "
+                        f"{c.num_classes} (its vocabulary must match the generator's class order)")
+    if not classifier.is_resolver:
+        if tuple(table.shape) != (c.num_classes, c.embed_dim):
+            raise UserError(f"generator '{generator}' has a {tuple(table.shape)} class table; "
+                            f"the mapper in {path} was trained for ({c.num_classes}, {c.embed_dim})")
+        if not torch.allclose(table, classifier.model.table, atol=1e-4):
+            warnings.warn(f"the mapper in {path} was trained against another class table than generator "
+                          f"'{generator}' has; images may not match the text", stacklevel=2)
+    return Pipeline(classifier, gen, source=path, generator_name=str(generator))
 
 
-def load_pipeline(spec: str | Path | None = None) -> Pipeline:
+def load_pipeline(spec: str | Path | None = None, generator: str | Path | None = None) -> Pipeline:
     """Load a text -> image pipeline once per process.
 
     Args:
-        spec: a mapper model directory or embedded name; None = the embedded default (``t2i-fashion``: MiniLM +
-            Fashion mapper + ``gan-fashion`` generator, offline).
+        spec: a resolver or mapper model directory or embedded name; None = the embedded default (``t2i-fashion``:
+            MiniLM + Fashion mapper + ``gan-fashion`` generator, offline).
+        generator: a generator name (``biggan-deep-128|256|512``) or directory; None = the one the model names
+            (required for a resolver, which names none).
     """
-    path = assets.resolve(spec if spec is not None else DEFAULT_MODEL)
-    return _load(str(Path(path).resolve()))
+    classifier = load_classifier(spec)
+    return _load(classifier.source, None if generator is None else str(generator))
 
 
 # ---------------------------------------------------------------------- files

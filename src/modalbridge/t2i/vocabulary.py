@@ -34,12 +34,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modalbridge.errors import UserError, read_json
 from modalbridge.t2i import inflect
 
+if TYPE_CHECKING:
+    import torch
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 IMAGENET_WNIDS = DATA_DIR / "imagenet1k_wnids.txt"
+IMAGENET_EVERYDAY = DATA_DIR / "imagenet1k_everyday_names.tsv"
 FORMAT = "modalbridge.vocabulary"
 VERSION = 1
 CATEGORIES = ("animal", "person", "food", "plant", "landscape", "vehicle", "structure", "clothing", "artifact")
@@ -233,6 +238,18 @@ class Vocabulary:
                 i += 1
         return out
 
+    def mentions(self, texts: Sequence[str], hypernym_weight: float = 0.5) -> torch.Tensor:
+        """(B, K) lexical evidence: 1 for the classes a word of each text names (lemma or everyday name; every class
+        of an ambiguous word), ``hypernym_weight`` for the classes under a generic word ("dog"), else 0."""
+        import torch
+
+        out = torch.zeros(len(texts), len(self.classes))
+        for i, text in enumerate(texts):
+            for m in self.find(text[:4096], hypernyms=hypernym_weight > 0):
+                w = 1.0 if m.kind == "lemma" else hypernym_weight
+                out[i, list(m.classes)] = torch.maximum(out[i, list(m.classes)], torch.tensor(w))
+        return out
+
     def index(self, name: str) -> int:
         """Class index of a wnid, label or unambiguous lemma."""
         for c in self.classes:
@@ -422,10 +439,29 @@ def imagenet1k_wnids() -> list[str]:
     return wnids
 
 
+def everyday_names(path: Path = IMAGENET_EVERYDAY) -> dict[str, list[str]]:
+    """wnid -> everyday names WordNet lacks ("fridge", "orca whale", "smartphone"), from a hand-curated TSV."""
+    out: dict[str, list[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            wnid, names = line.split("\t")
+            out.setdefault(wnid, []).extend(n.strip() for n in names.split("|") if n.strip())
+    return out
+
+
 @lru_cache(maxsize=1)
 def imagenet1k() -> Vocabulary:
-    """The 1000 ImageNet-1k classes in class-index order (BigGAN's), all WordNet lemmas. Shared: do not mutate."""
-    return from_wnids(imagenet1k_wnids(), name="imagenet1k")
+    """The 1000 ImageNet-1k classes in class-index order (BigGAN's): all WordNet lemmas, then the everyday names of
+    ``data/imagenet1k_everyday_names.tsv`` (lemmas[0] stays WordNet's first lemma). Shared: do not mutate."""
+    wnids = imagenet1k_wnids()
+    base = from_wnids(wnids, name="imagenet1k")
+    extra = everyday_names()
+    unknown = sorted(set(extra) - set(wnids))
+    if unknown:
+        raise UserError(f"{IMAGENET_EVERYDAY} names wnids outside ImageNet-1k: {', '.join(unknown[:3])}")
+    for c in base.classes:
+        c.lemmas = _dedupe([*c.lemmas, *extra.get(c.wnid, [])])
+    return Vocabulary(base.classes, name="imagenet1k")
 
 
 @lru_cache(maxsize=1)
