@@ -1,19 +1,31 @@
-"""Quality of a class-conditional Fashion-MNIST generator, judged by the shipped Fashion-MNIST classifier.
+"""Quality of a class-conditional Fashion-MNIST generator, judged by a panel of classifiers that never saw it.
 
-    .venv/bin/python scripts/gan_quality.py                       # shipped gan-fashion, truncations 1.0 and 0.5
-    .venv/bin/python scripts/gan_quality.py --generator runs/gan-fashion/<stamp>/model --n-per-class 200
+    .venv/bin/python scripts/gan_quality.py                       # shipped gan-fashion -> docs/results/gan_fashion.json
+    .venv/bin/python scripts/gan_quality.py --generator runs/gan-fashion-v2/<stamp>/model --out /tmp/q.json \
+        --sheet /tmp/q.png
 
-Measures, with a fixed seed per truncation:
-(a) the classifier's accuracy on generated samples of each class vs. on the real test images of that class;
-(b) the Fréchet distance between Gaussians fitted to the classifier's penultimate features, generated vs. real test
-    images, per class and overall; the same distance for real *train* images (as many per class as generated) vs.
-    the test images is the floor a perfect generator would reach at this sample size.
-Writes docs/results/gan_fashion.json and docs/images/fashion_grid.png (one row per class).
+The panel (eval/fashion-judges, trained on real train images only by scripts/train_judges.py): ``cnn`` (the judge
+that selects GAN snapshots), ``mlp`` and ``wide`` (held out from all training, tuning and selection). Per truncation
+(default 1.0, 0.7, 0.5), with ``--n-per-class`` samples per class from a fixed seed, per class and overall:
+
+- panel accuracy: each judge's accuracy on the generated images (mean over judges and worst judge), next to the
+  same judges' accuracy on the 10,000 real test images;
+- Fréchet distance (Heusel et al. 2017) between Gaussians of a judge's penultimate features, generated vs. real test;
+- improved precision / recall (Kynkäänniemi et al. 2019, k = 3 nearest neighbours) in each judge's feature space,
+  generated vs. real test images.
+Real-vs-real floors: the same FD / precision / recall with the first ``--n-per-class`` real *train* images of each
+class in place of the generated ones (what a perfect generator would reach at this sample size).
+The headline numbers are the held-out judge's. The default truncation is picked from its precision/recall trade-off:
+the highest recall among the truncations whose precision reaches the real-vs-real precision floor (samples as often
+on the real manifold as real images are); if none does, the highest precision.
+For continuity the repo's own ``fashion-classifier`` (the old, single judge) is reported too (accuracy and FD).
+Writes the JSON report and a sample sheet PNG (rows = classes, labelled; columns = samples at the chosen truncation).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -23,105 +35,189 @@ import torch.nn.functional as F
 
 from modalbridge import checkpoint
 from modalbridge.generators import load_generator
-from modalbridge.generators.gan import sample, save_grid
+from modalbridge.generators.gan import sample
 from modalbridge.vision import fashion_mnist
-from modalbridge.vision.classifier import frechet_distance_features, load_classifier, to_model_range
+from modalbridge.vision.classifier import (
+    frechet_distance_features,
+    load_classifier,
+    load_judge,
+    precision_recall,
+    to_model_range,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
+JUDGES = ROOT / "eval" / "fashion-judges"
+HELD_OUT = "wide"
 
 
 def per_class(values: np.ndarray, labels: np.ndarray, k: int) -> list[float]:
     return [float(values[labels == c].mean()) for c in range(k)]
 
 
-def fd_report(feats: torch.Tensor, labels: np.ndarray, ref: torch.Tensor, ref_labels: np.ndarray, k: int) -> dict:
-    return {
-        "overall": frechet_distance_features(feats, ref),
-        "per_class": [frechet_distance_features(feats[labels == c], ref[ref_labels == c]) for c in range(k)],
-    }
+def judge_report(feats: torch.Tensor, pred: torch.Tensor, labels: np.ndarray, ref: torch.Tensor, ref_labels: np.ndarray,
+                 k: int, pr_k: int, with_pr: bool = True) -> dict:
+    """Accuracy, FD and precision/recall of one judge: ``feats`` (N, F) of images of class ``labels`` vs ``ref``."""
+    correct = (pred.numpy() == labels).astype(float)
+    out = {"accuracy": float(correct.mean()), "per_class_accuracy": per_class(correct, labels, k),
+           "fd": frechet_distance_features(feats, ref),
+           "per_class_fd": [frechet_distance_features(feats[labels == c], ref[ref_labels == c]) for c in range(k)]}
+    if with_pr:
+        out.update(precision_recall(ref, feats, pr_k))
+        pcs = [precision_recall(ref[ref_labels == c], feats[labels == c], pr_k) for c in range(k)]
+        out["per_class_precision"] = [p["precision"] for p in pcs]
+        out["per_class_recall"] = [p["recall"] for p in pcs]
+    return out
+
+
+def panel_summary(per_judge: dict, panel_names: list[str]) -> dict:
+    """Mean and worst (minimum) accuracy over the panel, overall and per class."""
+    acc = np.array([per_judge[j]["accuracy"] for j in panel_names])
+    pc = np.array([per_judge[j]["per_class_accuracy"] for j in panel_names])  # (J, K)
+    return {"accuracy_mean": float(acc.mean()), "accuracy_worst": float(acc.min()),
+            "per_class_accuracy_mean": pc.mean(0).tolist(), "per_class_accuracy_worst": pc.min(0).tolist()}
+
+
+def choose_truncation(generated: dict, floor: dict, judge: str) -> tuple[float, str]:
+    p_floor = floor["judges"][judge]["precision"]
+    rows = [(float(t), r["judges"][judge]["precision"], r["judges"][judge]["recall"]) for t, r in generated.items()]
+    ok = [r for r in rows if r[1] >= p_floor]
+    if ok:
+        t = max(ok, key=lambda r: (r[2], r[0]))[0]
+        why = f"highest recall of the truncations whose precision ({judge}) reaches the real floor {p_floor:.3f}"
+    else:
+        t = max(rows, key=lambda r: (r[1], r[0]))[0]
+        why = f"no truncation reaches the real precision floor {p_floor:.3f} ({judge}): the most precise one"
+    return t, why
+
+
+def sample_sheet(gen, classes: list[str], truncation: float, seed: int, ncol: int, path: Path, title: str) -> None:
+    """PNG: one row per class (name on the left), ``ncol`` samples at ``truncation``, 2x nearest upscaled."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    k = len(classes)
+    imgs = sample(gen, torch.arange(k).repeat_interleave(ncol), truncation=truncation, seed=seed)  # (k*ncol, 3, H, W)
+    imgs = F.interpolate(imgs[:, :1], scale_factor=2, mode="nearest")  # (N, 1, 2H, 2W)
+    arr = ((imgs.clamp(-1, 1) + 1) * 127.5).round().byte().squeeze(1).numpy()  # (N, 2H, 2W)
+    s, pad, left, top = arr.shape[-1], 2, 96, 22
+    sheet = Image.new("L", (left + ncol * (s + pad) + pad, top + k * (s + pad) + pad), 255)
+    draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
+    draw.text((4, 4), title, fill=0, font=font)
+    for c in range(k):
+        y = top + pad + c * (s + pad)
+        draw.text((4, y + s // 2 - 6), classes[c], fill=0, font=font)
+        for q in range(ncol):
+            sheet.paste(Image.fromarray(arr[c * ncol + q]), (left + pad + q * (s + pad), y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generator", default="gan-fashion")
-    ap.add_argument("--classifier", default="fashion-classifier")
-    ap.add_argument("--truncations", type=float, nargs="+", default=[1.0, 0.5])
+    ap.add_argument("--judges", type=Path, default=JUDGES)
+    ap.add_argument("--truncations", type=float, nargs="+", default=[1.0, 0.7, 0.5])
     ap.add_argument("--n-per-class", type=int, default=500)
+    ap.add_argument("--k", type=int, default=3, help="nearest neighbours for precision/recall")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--grid-truncation", type=float, default=0.5)
+    ap.add_argument("--sheet-truncation", type=float, default=None, help="default: the chosen truncation")
+    ap.add_argument("--sheet-columns", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "gan_fashion.json")
-    ap.add_argument("--grid", type=Path, default=ROOT / "docs" / "images" / "fashion_grid.png")
+    ap.add_argument("--sheet", type=Path, default=ROOT / "docs" / "results" / "gan_fashion_samples.png")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
 
-    gen, clf = load_generator(args.generator), load_classifier(args.classifier)
+    gen = load_generator(args.generator)
     k = gen.config.num_classes
     classes = list(fashion_mnist.CLASSES)
+    panel_meta = json.loads((args.judges / "panel.json").read_text())
+    names = sorted(panel_meta)
+    judges = {n: load_judge(args.judges / n) for n in names}
+    reference = {"fashion-classifier": load_classifier("fashion-classifier")}  # the old single judge
+    all_judges = {**judges, **reference}
+
     xt, yt = fashion_mnist.load("test")
     xs, ys = fashion_mnist.load("train")
-    test_feats, test_pred = clf.embed(to_model_range(xt))
-    test_correct = (test_pred.numpy() == yt).astype(float)
-    # real train images, n per class (the first ones of each class): same sample size as the generated sets
+    x_test = to_model_range(xt)
     ref_idx = np.concatenate([np.flatnonzero(ys == c)[: args.n_per_class] for c in range(k)])
-    train_feats, _ = clf.embed(to_model_range(xs[ref_idx]))
-    train_labels = ys[ref_idx]
+    x_floor, y_floor = to_model_range(xs[ref_idx]), ys[ref_idx]
+    test = {n: j.embed(x_test) for n, j in all_judges.items()}  # name -> (feats, pred)
+
+    def evaluate(images: torch.Tensor, labels: np.ndarray) -> dict:
+        per_judge = {}
+        for n, j in all_judges.items():
+            feats, pred = j.embed(images)
+            per_judge[n] = judge_report(feats, pred, labels, test[n][0], yt, k, args.k, with_pr=n in judges)
+        return {**panel_summary(per_judge, names), "judges": per_judge}
+
+    real_test = {}
+    for n in all_judges:
+        correct = (test[n][1].numpy() == yt).astype(float)
+        real_test[n] = {"accuracy": float(correct.mean()), "per_class_accuracy": per_class(correct, yt, k)}
+    real_test_panel = panel_summary(real_test, names)
+    floor = evaluate(x_floor, y_floor)
+    rp, fh = real_test_panel, floor["judges"][HELD_OUT]
+    print(f"real test: panel accuracy {rp['accuracy_mean']:.4f} (worst {rp['accuracy_worst']:.4f});"
+          f" floor ({HELD_OUT}): FD {fh['fd']:.3f} P {fh['precision']:.3f} R {fh['recall']:.3f}", flush=True)
 
     labels = torch.arange(k).repeat_interleave(args.n_per_class)  # (N,)
-    results = {}
+    generated = {}
     for t in args.truncations:
         images = sample(gen, labels, truncation=t, seed=args.seed)  # (N, 3, 32, 32)
-        feats, pred = clf.embed(images)
-        correct = (pred == labels).float().numpy()
-        results[f"{t:g}"] = {
-            "accuracy": float(correct.mean()),
-            "per_class_accuracy": per_class(correct, labels.numpy(), k),
-            "frechet": fd_report(feats, labels.numpy(), test_feats, yt, k),
-            "max_channel_deviation": float((images - images.mean(1, keepdim=True)).abs().max()),
-        }
-        fd = results[f"{t:g}"]["frechet"]["overall"]
-        print(f"truncation {t:g}: generated accuracy {correct.mean():.4f}  FD {fd:.3f}", flush=True)
+        r = evaluate(images, labels.numpy())
+        r["max_channel_deviation"] = float((images - images.mean(1, keepdim=True)).abs().max())
+        generated[f"{t:g}"] = r
+        h = r["judges"][HELD_OUT]
+        print(f"truncation {t:g}: panel accuracy {r['accuracy_mean']:.4f} (worst {r['accuracy_worst']:.4f}, "
+              f"worst class {min(r['per_class_accuracy_mean']):.3f}); {HELD_OUT}: FD {h['fd']:.3f}"
+              f" P {h['precision']:.3f} R {h['recall']:.3f}  ({time.time() - t0:.0f} s)", flush=True)
+    default_t, why = choose_truncation(generated, floor, HELD_OUT)
 
-    gen_meta = checkpoint.read_meta(_gen_dir(args.generator))
-    clf_metrics = checkpoint.read_json_file(_dir(args.classifier) / checkpoint.METRICS_NAME) or {}
+    gen_dir = _gen_dir(args.generator)
+    meta = checkpoint.read_meta(gen_dir)
+    run_cfg = meta.get("extra", {}).get("run_config") or {}
     report = {
         "generator": args.generator,
-        "generator_config": gen_meta["config"],
-        "generator_steps": gen_meta.get("extra", {}).get("generator_steps"),
-        "generator_metrics": checkpoint.read_json_file(_gen_dir(args.generator) / checkpoint.METRICS_NAME),
-        "classifier": args.classifier,
-        "classifier_test_accuracy": clf_metrics.get("test_accuracy"),
+        "generator_config": meta["config"],
+        "generator_recipe": run_cfg.get("name"),
+        "generator_steps": meta.get("extra", {}).get("generator_steps"),
+        "generator_bytes": sum(f.stat().st_size for f in gen_dir.iterdir()),
         "classes": classes,
         "seed": args.seed,
         "n_generated_per_class": args.n_per_class,
-        "real_test": {"n": len(yt), "accuracy": float(test_correct.mean()),
-                      "per_class_accuracy": per_class(test_correct, yt, k)},
-        "reference_real_train_vs_test": fd_report(train_feats, train_labels, test_feats, yt, k),
-        "generated": results,
-        "seconds": round(time.time() - t0, 1),
-        "command": "python scripts/gan_quality.py " + " ".join(
-            f"--{a.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for a, v in vars(args).items() if a not in ("out", "grid", "threads")),
+        "precision_recall_k": args.k,
+        "panel": {n: {**panel_meta[n]} for n in names},
+        "held_out_judge": HELD_OUT,
+        "selection_judge": next((n for n in names if panel_meta[n].get("role") == "selection"), None),
+        "reference_judges": sorted(reference),
+        "real_test": {"n": len(yt), **real_test_panel, "judges": real_test},
+        "real_floor_train_vs_test": {"n_per_class": args.n_per_class, **floor},
+        "generated": generated,
+        "default_truncation": default_t,
+        "default_truncation_rule": why,
+        "seconds": None,
+        "command": "python scripts/gan_quality.py --generator " + args.generator + " --truncations "
+                   + " ".join(f"{t:g}" for t in args.truncations) + f" --n-per-class {args.n_per_class} --k {args.k}"
+                   + f" --seed {args.seed}",
     }
+    sheet_t = args.sheet_truncation if args.sheet_truncation is not None else default_t
+    sample_sheet(gen, classes, sheet_t, args.seed, args.sheet_columns, args.sheet,
+                 f"{args.generator} ({run_cfg.get('name', '?')}, {report['generator_steps']} G steps), "
+                 f"truncation {sheet_t:g}, seed {args.seed}")
+    report["sheet"] = {"path": str(args.sheet.resolve().relative_to(ROOT)) if args.sheet.resolve().is_relative_to(ROOT)
+                       else str(args.sheet), "truncation": sheet_t}
+    report["seconds"] = round(time.time() - t0, 1)
     checkpoint.write_json(args.out, report)
-
-    grid_labels = torch.arange(k).repeat_interleave(10)
-    grid = sample(gen, grid_labels, truncation=args.grid_truncation, seed=args.seed)
-    save_grid(F.interpolate(grid, scale_factor=2, mode="nearest"), ncol=10, path=args.grid)
-    print(f"wrote {args.out} and {args.grid} ({report['seconds']} s)")
-
-
-def _dir(spec: str) -> Path:
-    from modalbridge import assets
-
-    return assets.resolve(spec)
+    print(f"default truncation {default_t:g} ({why})")
+    print(f"wrote {args.out} and {args.sheet} ({report['seconds']} s)")
 
 
 def _gen_dir(spec: str) -> Path:
+    from modalbridge import assets
     from modalbridge.generators import DEFAULT_ALIAS
 
-    return _dir(DEFAULT_ALIAS.get(spec, spec))
+    return assets.resolve(DEFAULT_ALIAS.get(spec, spec))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,13 @@ from modalbridge.vision import fashion_mnist
 from modalbridge.vision.classifier import (
     FashionClassifier,
     FashionClassifierConfig,
+    FashionMLP,
+    FashionMLPConfig,
     frechet_distance,
     frechet_distance_features,
     gaussian_stats,
     load_classifier,
+    precision_recall,
     to_model_range,
 )
 
@@ -102,3 +105,28 @@ def test_shipped_classifier_reaches_its_recorded_accuracy(shipped):
     assert acc == pytest.approx(metrics["test_accuracy_first1000"], abs=0.005)
     assert acc >= 0.88 and metrics["test_accuracy"] >= 0.88
     assert sum(f.stat().st_size for f in path.iterdir()) < 2_000_000
+
+
+def test_precision_recall_extremes_and_one_sided_coverage():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 8, generator=g)
+    assert precision_recall(real, real) == {"precision": 1.0, "recall": 1.0}
+    far = precision_recall(real, real + 100.0)
+    assert far["precision"] == 0.0 and far["recall"] == 0.0
+    # fakes on one half of the real cloud: realistic (precision high), half the data uncovered (recall low)
+    half = real[real[:, 0] > 0]
+    pr = precision_recall(real, half + 0.01 * torch.randn(half.shape, generator=g))
+    assert pr["precision"] > 0.9 and pr["recall"] < 0.75
+
+
+def test_mlp_judge_round_trips_and_averages_rgb(tmp_path):
+    torch.manual_seed(0)
+    m = FashionMLP(FashionMLPConfig(hidden=16, feature_dim=8)).eval()
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    feats, pred = m.embed(x)
+    assert feats.shape == (3, 8) and pred.shape == (3,)
+    torch.testing.assert_close(m(x.expand(-1, 3, -1, -1)).logits, m(x).logits)
+    checkpoint.save(m, tmp_path / "mlp")
+    from modalbridge.vision.classifier import load_judge
+
+    torch.testing.assert_close(load_judge(tmp_path / "mlp").embed(x)[0], feats)

@@ -145,6 +145,35 @@ def test_shipped_gan_fashion_loads_and_draws_recognisable_classes():
     assert float((pred == labels).float().mean()) >= 0.7
 
 
+def test_v2_recipe_warm_start_frozen_table_aux_head_snapshots(tmp_path):
+    """configs/gan/fashion_v2.yaml's pieces on the tiny setup: G starts from a trained generator, its class table
+    stays that generator's, D has an auxiliary classifier head, snapshots are exported model dirs."""
+    first = engine.train(engine.resolve_config("configs/gan/fashion.yaml", TINY + [f"run_root={tmp_path / 'a'}"]))
+    over = TINY + [f"run_root={tmp_path / 'b'}", f"model.init_generator={first / 'model'}", "model.aux_weight=0.5",
+                   "model.balanced_labels=true", "model.freeze_class_table=true", "model.d_warmup_steps=2",
+                   "model.snapshot_every=2", "model.max_g_steps=3", "model.ema_start=0"]
+    run_dir = engine.train(engine.resolve_config("configs/gan/fashion_v2.yaml", over))
+    meta = json.loads((run_dir / "model" / "config.json").read_text())
+    assert meta["extra"]["generator_steps"] == 3  # max_g_steps; the first 2 D steps trained D alone
+    assert (run_dir / "snapshots" / "step000002" / "model.safetensors").is_file()
+    old, new = load_generator(first / "model"), load_generator(run_dir / "model")
+    torch.testing.assert_close(new.class_embeddings, old.class_embeddings, rtol=0, atol=0)
+    key = "generator.gen_z.weight_orig"
+    assert not torch.equal(new.state_dict()[key], old.state_dict()[key])  # the rest of G trained on
+    with pytest.raises(Exception, match="another generator config"):
+        engine.train(engine.resolve_config("configs/gan/fashion_v2.yaml", over + ["model.g_channel_width=16"]))
+
+
+def test_aux_discriminator_head():
+    d = ProjectionDiscriminator(DiscriminatorConfig(in_channels=3, resolution=32, channel_width=4, num_classes=10,
+                                                    aux_classifier=True))
+    scores, logits = d(torch.randn(5, 3, 32, 32), torch.arange(5), return_logits=True)
+    assert scores.shape == (5,) and logits.shape == (5, 10)
+    with pytest.raises(Exception, match="aux_classifier"):
+        ProjectionDiscriminator(DiscriminatorConfig(channel_width=4))(torch.randn(1, 3, 32, 32), torch.zeros(1).long(),
+                                                                      return_logits=True)
+
+
 def test_time_budget_stops_training_and_still_exports(tmp_path):
     over = TINY + [f"run_root={tmp_path}", "trainer.max_epochs=5", "model.max_minutes=1.0e-9", "model.sample_every=0"]
     run_dir = engine.train(engine.resolve_config("configs/gan/fashion.yaml", over))

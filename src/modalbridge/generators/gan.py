@@ -49,6 +49,7 @@ class DiscriminatorConfig:
     resolution: int = 32
     channel_width: int = 32  # ch: first block width; later blocks use 2 * ch
     num_classes: int = 10
+    aux_classifier: bool = False  # an extra linear K-way head on phi(x) (auxiliary classifier, see GANModelConfig)
 
 
 def _sn_conv(c_in: int, c_out: int, k: int) -> nn.Module:
@@ -98,11 +99,20 @@ class ProjectionDiscriminator(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.linear = spectral_norm(nn.Linear(widths[-1], 1))  # psi
         self.embed = spectral_norm(nn.Embedding(config.num_classes, widths[-1]))  # the projection's class table
+        self.aux = nn.Linear(widths[-1], config.num_classes) if config.aux_classifier else None
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Realness scores ``(B,)`` of ``images`` (B, C, H, W) in [-1, 1] for classes ``labels`` (B,)."""
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, return_logits: bool = False):
+        """Realness scores ``(B,)`` of ``images`` (B, C, H, W) in [-1, 1] for classes ``labels`` (B,).
+
+        With ``return_logits`` (needs ``aux_classifier``): ``(scores (B,), class logits (B, K))``.
+        """
         h = F.relu(self.blocks(images)).sum((2, 3))  # (B, F) global sum pooling
-        return self.linear(h).squeeze(-1) + (self.embed(labels) * h).sum(-1)  # (B,)
+        scores = self.linear(h).squeeze(-1) + (self.embed(labels) * h).sum(-1)  # (B,)
+        if not return_logits:
+            return scores
+        if self.aux is None:
+            raise UserError("return_logits needs a discriminator built with aux_classifier=True")
+        return scores, self.aux(h)  # (B,), (B, K)
 
 
 # --------------------------------------------------------------------------------------------- losses, EMA, z
@@ -175,6 +185,15 @@ class GANModelConfig:
     sample_truncation: float = 1.0
     standing_batches: int = 4  # batches per truncation slot for the exported standing statistics
     classes: list[str] = field(default_factory=list)  # class names, recorded in the exported model
+    # --- recipe v2 (issue 12); the defaults keep the original recipe
+    aux_weight: float = 0.0  # >0: D gets an auxiliary K-way head trained on real labels (weight aux_d_weight) and
+    aux_d_weight: float = 1.0  # G a cross-entropy term on its fakes (weight aux_weight): projection + AC (TAC/P2GAN)
+    balanced_labels: bool = False  # fake labels: every class equally often in each batch (shuffled)
+    init_generator: str = ""  # warm start: G and its EMA start from this biggan_deep model dir / embedded name
+    freeze_class_table: bool = False  # keep G's class-embedding table fixed (mappers trained on it stay exact)
+    d_warmup_steps: int = 0  # D-only steps before G trains (a fresh D catching up with a warm-started G)
+    max_g_steps: int = 0  # stop after this many G steps (0: epochs / max_minutes decide)
+    snapshot_every: int = 0  # G steps between exported EMA snapshots in run_dir/snapshots/stepN (0: never)
 
 
 class GANModule(BridgeModule):
@@ -189,7 +208,8 @@ class GANModule(BridgeModule):
 
     def configure_optimizers(self):
         betas = tuple(float(b) for b in self.optim_cfg.betas)
-        g_opt = torch.optim.Adam(self.generator.parameters(), lr=self.optim_cfg.lr, betas=betas)
+        g_params = [p for p in self.generator.parameters() if p.requires_grad]  # a frozen class table stays out
+        g_opt = torch.optim.Adam(g_params, lr=self.optim_cfg.lr, betas=betas)
         d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=self.mcfg.d_lr, betas=betas)
         return [g_opt, d_opt]
 
@@ -200,7 +220,12 @@ class GANModule(BridgeModule):
 
     def _fake(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(n, self.generator.config.z_dim, device=self.device)  # (B, Z); truncation 1 in training
-        y = torch.randint(0, self.mcfg.num_classes, (n,), device=self.device)  # (B,)
+        k = self.mcfg.num_classes
+        if self.mcfg.balanced_labels:  # each class n // K or n // K + 1 times, random order and random extras
+            y = torch.cat([torch.randperm(k, device=self.device) for _ in range(-(-n // k))])[:n]
+            y = y[torch.randperm(n, device=self.device)]
+        else:
+            y = torch.randint(0, k, (n,), device=self.device)  # (B,)
         return self.generator(z, self.generator.class_embeddings[y], 1.0), y  # (B, C, H, W)
 
     def training_step(self, batch, batch_idx):
@@ -211,19 +236,35 @@ class GANModule(BridgeModule):
         # --- discriminator step: hinge on real vs. (detached) fake
         with torch.no_grad():
             fake, fake_labels = self._fake(b)
-        d_real, d_fake = self.discriminator(real, labels), self.discriminator(fake, fake_labels)  # (B,) each
+        aux = self.mcfg.aux_weight > 0
+        if aux:
+            d_real, real_logits = self.discriminator(real, labels, return_logits=True)  # (B,), (B, K)
+        else:
+            d_real = self.discriminator(real, labels)  # (B,)
+        d_fake = self.discriminator(fake, fake_labels)  # (B,)
         d_loss = d_hinge_loss(d_real, d_fake)
+        logs = {"train/d_real": d_real.mean(), "train/d_fake": d_fake.mean()}
+        if aux:
+            d_ce = F.cross_entropy(real_logits, labels)
+            d_loss = d_loss + self.mcfg.aux_d_weight * d_ce
+            logs["train/d_aux_ce"] = d_ce
         d_opt.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         d_opt.step()
-        self.log_dict({"train/d_loss": d_loss, "train/d_real": d_real.mean(), "train/d_fake": d_fake.mean()},
-                      prog_bar=True)
-        if (batch_idx + 1) % self.mcfg.n_dis:
+        self.log_dict({"train/d_loss": d_loss, **logs}, prog_bar=True)
+        self._d_steps = getattr(self, "_d_steps", 0) + 1
+        if (batch_idx + 1) % self.mcfg.n_dis or self._d_steps <= self.mcfg.d_warmup_steps:
             return
         # --- generator step: D is frozen so no D gradients are computed
         self.discriminator.requires_grad_(False)
         fake, fake_labels = self._fake(b)
-        g_loss = g_hinge_loss(self.discriminator(fake, fake_labels))
+        if aux:
+            g_scores, fake_logits = self.discriminator(fake, fake_labels, return_logits=True)
+            g_ce = F.cross_entropy(fake_logits, fake_labels)
+            g_loss = g_hinge_loss(g_scores) + self.mcfg.aux_weight * g_ce
+            self.log("train/g_aux_ce", g_ce)
+        else:
+            g_loss = g_hinge_loss(self.discriminator(fake, fake_labels))
         if self.mcfg.gray_penalty and self.generator.config.out_channels > 1:
             # the data is gray replicated to RGB; a direct penalty removes colour faster than D's gradient does
             g_loss = g_loss + self.mcfg.gray_penalty * (fake - fake.mean(1, keepdim=True)).pow(2).mean()
@@ -237,8 +278,19 @@ class GANModule(BridgeModule):
         self.log("train/g_loss", g_loss, prog_bar=True)
         if self.mcfg.sample_every and step % self.mcfg.sample_every == 0 and self.trainer.is_global_zero:
             self.write_grid(Path(self.trainer.default_root_dir) / "samples" / f"step{step:06d}.png")
+        if self.mcfg.snapshot_every and step % self.mcfg.snapshot_every == 0 and self.trainer.is_global_zero:
+            self.write_snapshot(Path(self.trainer.default_root_dir) / "snapshots" / f"step{step:06d}")
         if self.mcfg.max_minutes and time.monotonic() - self._t0 > 60 * self.mcfg.max_minutes:
             self.trainer.should_stop = True  # the epoch ends here; its checkpoint and the export follow
+        if self.mcfg.max_g_steps and step >= self.mcfg.max_g_steps:
+            self.trainer.should_stop = True
+
+    def write_snapshot(self, path: Path) -> None:
+        """Export a copy of the EMA generator (with standing statistics) as a model dir, for later selection."""
+        g = copy.deepcopy(self.model)
+        g.update_standing_stats(batches=self.mcfg.standing_batches, batch_size=64, seed=0)
+        ckpt.save(g, path, extra={"classes": list(self.mcfg.classes), "generator_steps": int(self.g_steps),
+                                  "default_truncation": self.mcfg.sample_truncation})
 
     def on_train_start(self) -> None:
         self._t0 = time.monotonic()
@@ -316,9 +368,19 @@ class GANTask(Task):
 
         m = self.cfg.model
         g_cfg = load_generator_config(m)
-        d_cfg = DiscriminatorConfig(in_channels=3, resolution=m.resolution,
-                                    channel_width=m.d_channel_width, num_classes=m.num_classes)
-        return GANModule(BigGAN(g_cfg), ProjectionDiscriminator(d_cfg), self.cfg)
+        d_cfg = DiscriminatorConfig(in_channels=3, resolution=m.resolution, channel_width=m.d_channel_width,
+                                    num_classes=m.num_classes, aux_classifier=m.aux_weight > 0)
+        generator = BigGAN(g_cfg)
+        if m.init_generator:  # warm start: G (and, through GANModule's copy, its EMA) from a trained generator
+            from modalbridge import assets
+
+            src = ckpt.load(assets.resolve(m.init_generator), expected="biggan_deep")
+            if to_dict(src.config) != to_dict(g_cfg):
+                raise UserError(f"model.init_generator '{m.init_generator}' has another generator config")
+            generator.load_state_dict(src.state_dict())
+        if m.freeze_class_table:
+            generator.embeddings.weight.requires_grad_(False)
+        return GANModule(generator, ProjectionDiscriminator(d_cfg), self.cfg)
 
     def build_datamodule(self) -> GANData:
         return GANData(self.cfg.data, self.cfg.model.resolution, self.cfg.model.num_classes, self.cfg.seed)

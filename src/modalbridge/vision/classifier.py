@@ -104,6 +104,77 @@ class FashionClassifier(nn.Module):
         return torch.cat(feats), torch.cat(preds)
 
 
+@dataclass
+class FashionMLPConfig:
+    """A pixel MLP judge: flattened (resolution^2) gray pixels -> hidden -> F features -> K logits."""
+
+    resolution: int = 32
+    hidden: int = 512
+    feature_dim: int = 128
+    num_classes: int = 10
+    dropout: float = 0.2
+    classes: list[str] = field(default_factory=list)
+
+
+@MODELS.register("fashion_mlp")
+class FashionMLP(nn.Module):
+    """Fully connected classifier on raw pixels: a judge with other inductive biases than the CNNs."""
+
+    model_type = "fashion_mlp"
+    config_class = FashionMLPConfig
+
+    def __init__(self, config: FashionMLPConfig):
+        super().__init__()
+        self.config = config
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(config.resolution**2, config.hidden), nn.ReLU(inplace=True),
+                                  nn.Dropout(config.dropout), nn.Linear(config.hidden, config.feature_dim),
+                                  nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.feature_dim, config.num_classes)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ClassifierOutput:
+        """Classify ``images`` (B, 1 or 3, H, W) in [-1, 1] (3 channels are averaged to gray)."""
+        if images.shape[1] == 3:
+            images = images.mean(1, keepdim=True)
+        features = self.body(images)  # (B, F)
+        logits = self.head(self.dropout(features))  # (B, K)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return ClassifierOutput(logits=logits, features=features, loss=loss)
+
+    embed = FashionClassifier.embed
+
+
+def _kth_neighbour_radii(x: torch.Tensor, k: int, chunk: int = 1000) -> torch.Tensor:
+    """Distance from each row of ``x`` (N, F) to its k-th nearest other row: (N,)."""
+    out = []
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(x[i : i + chunk], x)  # (n, N); the row itself is at distance 0, the first of k + 1
+        out.append(d.kthvalue(k + 1, dim=1).values)
+    return torch.cat(out)
+
+
+def _inside_any_ball(query: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 1000):
+    """For each row of ``query`` (M, F): is it within ``radii`` (N,) of some row of ``centres`` (N, F)? (M,) bool."""
+    out = []
+    for i in range(0, len(query), chunk):
+        out.append((torch.cdist(query[i : i + chunk], centres) <= radii[None, :]).any(1))
+    return torch.cat(out)
+
+
+def precision_recall(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, k: int = 3) -> dict:
+    """Improved precision and recall (Kynkäänniemi et al. 2019, https://arxiv.org/abs/1904.06991).
+
+    Each set's manifold is the union of balls around its points with radius the distance to the k-th nearest
+    neighbour in the same set. Precision: the fraction of ``fake`` (M, F) inside the real manifold (how many samples
+    look real); recall: the fraction of ``real`` (N, F) inside the fake manifold (how much of the data is covered).
+    """
+    real = torch.as_tensor(np.asarray(real), dtype=torch.float32)
+    fake = torch.as_tensor(np.asarray(fake), dtype=torch.float32)
+    precision = _inside_any_ball(fake, real, _kth_neighbour_radii(real, k)).float().mean()
+    recall = _inside_any_ball(real, fake, _kth_neighbour_radii(fake, k)).float().mean()
+    return {"precision": float(precision), "recall": float(recall)}
+
+
 def gaussian_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``(F,)`` and unbiased covariance ``(F, F)`` of ``features`` (N, F), in float64."""
     x = np.asarray(features, dtype=np.float64)
@@ -140,3 +211,10 @@ def load_classifier(spec: str = "fashion-classifier") -> FashionClassifier:
     from modalbridge import assets, checkpoint
 
     return checkpoint.load(assets.resolve(spec), expected="fashion_cnn")
+
+
+def load_judge(path) -> nn.Module:
+    """A judge of the evaluation panel (scripts/train_judges.py): a ``fashion_cnn`` or ``fashion_mlp`` model dir."""
+    from modalbridge import checkpoint
+
+    return checkpoint.load(path, expected=("fashion_cnn", "fashion_mlp"))

@@ -1,0 +1,80 @@
+"""Pick the best EMA snapshot of a GAN run by the *selection* judge's Fréchet distance, optionally install it.
+
+    .venv/bin/python scripts/select_gan_snapshot.py runs/gan-fashion-v2/<stamp>
+    .venv/bin/python scripts/select_gan_snapshot.py runs/gan-fashion-v2/<stamp> \
+        --install src/modalbridge/weights/gan-fashion
+
+Candidates: run_dir/snapshots/step* (``model.snapshot_every``) and run_dir/model (the final EMA generator). Each
+draws ``--n-per-class`` samples per class at truncation 1 (seed 0); the score is the FD between Gaussians of the
+``cnn`` judge's features (eval/fashion-judges/cnn, role "selection"), generated vs. the real *train* images
+(the test split is left to scripts/gan_quality.py). The held-out judges play no part. ``--install`` copies the
+winner, with the run's resolved config and the selection scores in ``config.json``'s ``extra`` (as an export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from modalbridge import checkpoint
+from modalbridge.generators.gan import sample
+from modalbridge.vision import fashion_mnist
+from modalbridge.vision.classifier import frechet_distance_features, load_judge, to_model_range
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--judge", type=Path, default=ROOT / "eval" / "fashion-judges" / "cnn")
+    ap.add_argument("--n-per-class", type=int, default=300)
+    ap.add_argument("--install", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    judge = load_judge(args.judge)
+    if checkpoint.read_meta(args.judge).get("extra", {}).get("role") != "selection":
+        raise SystemExit(f"{args.judge} is not the panel's selection judge")
+    xs, ys = fashion_mnist.load("train")
+    real_feats, _ = judge.embed(to_model_range(xs))
+    cands = sorted((args.run_dir / "snapshots").glob("step*")) + [args.run_dir / "model"]
+    scores = {}
+    for d in cands:
+        if not (d / checkpoint.CONFIG_NAME).is_file():
+            continue
+        g = checkpoint.load(d, expected="biggan_deep")
+        k = g.config.num_classes
+        labels = torch.arange(k).repeat_interleave(args.n_per_class)
+        feats, pred = judge.embed(sample(g, labels, truncation=1.0, seed=0))
+        scores[d.name] = {"fd": frechet_distance_features(feats, real_feats),
+                          "accuracy": float((pred == labels).float().mean()),
+                          "steps": checkpoint.read_meta(d).get("extra", {}).get("generator_steps")}
+        print(f"{d.name}: steps {scores[d.name]['steps']}  FD {scores[d.name]['fd']:.3f}  "
+              f"acc {scores[d.name]['accuracy']:.3f}", flush=True)
+    best = min(scores, key=lambda n: scores[n]["fd"])
+    print(f"best: {best} {scores[best]}")
+    if args.install:
+        src = args.run_dir / ("model" if best == "model" else f"snapshots/{best}")
+        tmp = args.install.with_name(args.install.name + ".new")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        meta = json.loads((tmp / checkpoint.CONFIG_NAME).read_text())
+        meta["extra"]["run_config"] = yaml.safe_load((args.run_dir / "config.yaml").read_text())
+        meta["extra"]["selection"] = {"judge": "cnn", "criterion": "FD at truncation 1 vs real train (min)",
+                                      "n_per_class": args.n_per_class, "chosen": best, "scores": scores}
+        (tmp / checkpoint.CONFIG_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        if not (tmp / checkpoint.METRICS_NAME).is_file():
+            checkpoint.write_json(tmp / checkpoint.METRICS_NAME, {"selection_fd_cnn": scores[best]["fd"]})
+        shutil.rmtree(args.install, ignore_errors=True)
+        tmp.rename(args.install)
+        print(f"installed {src} -> {args.install}")
+
+
+if __name__ == "__main__":
+    main()
