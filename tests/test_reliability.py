@@ -186,3 +186,55 @@ def test_api_images_over_the_pixel_cap_are_413_even_beyond_pillows_bomb_limit():
             srv.check_image(_png_header(w, h), limits)
         assert e.value.status == 413
     srv.check_image(_png_header(100_000, 1), limits)  # few pixels: allowed (Preprocess crops it)
+
+
+# ------------------------------------------------------------------------------------ API: 400, never 500
+@pytest.mark.parametrize("body", [
+    b'{"text": "\\ud800 a dress"}',  # a lone surrogate, legal in JSON
+    b"[" * 5000 + b"]" * 5000,  # 10 KB of nesting: RecursionError inside json.loads
+    b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+])
+def test_api_draw_hostile_json_is_400(body):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from modalbridge.app import server as srv
+
+    api = FastAPI()
+    srv.add_api(api, srv.Services(None, None))
+    r = TestClient(api).post("/api/draw", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error"} and "Traceback" not in r.text
+
+
+# ------------------------------------------------------------------ train: bad values are exit 2, no empty run dir
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr=-1", "optim.lr"), ("data.batch_size=0", "data.batch_size"), ("trainer.devices=0", "trainer.devices"),
+    ("trainer.max_epochs=-3", "trainer.max_epochs"), ("data.n_train=0", "n_train"), ("seed=-1", "seed"),
+    ("logger.backends=[nosuch]", "unknown logger"), ("trainer.accelerator=tpu", "cannot build the trainer"),
+])
+def test_train_bad_values_are_one_error_and_leave_no_run_dir(tmp_path, override, key):
+    root = tmp_path / "runs"
+    res = runner.invoke(app, ["train", str(TOY), f"run_root={root}", *FAST, override])
+    assert res.exit_code == 2, res.output
+    assert key in _error_line(res)
+    assert not root.exists() or not any(root.iterdir()), list(root.rglob("*"))
+
+
+def test_train_unwritable_run_root_is_one_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    res = runner.invoke(app, ["train", str(TOY), f"run_root={blocker}", *FAST])
+    assert res.exit_code == 2, res.output
+    assert "cannot create the run directory" in _error_line(res) and str(blocker) in _error_line(res)
+
+
+def test_training_without_a_step_exports_nothing(tmp_path, monkeypatch):
+    from modalbridge.errors import UserError
+    from modalbridge.training import toy
+
+    empty = torch.utils.data.TensorDataset(torch.zeros(0, 8), torch.zeros(0))
+    monkeypatch.setattr(toy.ToyData, "train_dataloader", lambda self: engine.make_loader(empty, 4, True, 0))
+    with pytest.raises(UserError, match="no optimizer step"):
+        _train(tmp_path / "runs", "trainer.max_epochs=1")
+    assert not any((tmp_path / "runs").iterdir())

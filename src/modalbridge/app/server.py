@@ -135,6 +135,10 @@ def check_draw_args(payload: Any, limits: Limits) -> dict:
     text = payload.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "'text' must be a non-empty string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # JSON allows "\ud800"; no encoder or file name can take a lone surrogate
+        raise ApiError(400, "'text' is not valid Unicode (it has a lone surrogate such as \\ud800)") from None
     if len(text) > limits.max_text_chars:
         raise ApiError(413, f"'text' has {len(text)} characters; the limit is {limits.max_text_chars}")
     args: dict = {"text": text.strip(), "n": _int(payload, "n", 1, 1, limits.max_images)}
@@ -311,6 +315,8 @@ def add_api(app: FastAPI, services: Services) -> None:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the body is not valid JSON ({e})") from None
+        except RecursionError:  # e.g. 10 KB of "[[[[": json's parser recurses once per level
+            raise ApiError(400, "the body is not valid JSON (nested too deeply)") from None
         drawing, _ = await services.draw(check_draw_args(payload, lim))
         return await anyio.to_thread.run_sync(draw_json, drawing)  # PNG encoding: off the event loop
 

@@ -12,6 +12,7 @@ builds the task named by ``task:`` from the ``TASKS`` registry and runs a Lightn
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import os
@@ -101,7 +102,45 @@ def resolve_config(yaml_path: str | Path | None, overrides: list[str] | None = N
     cfg.data = from_dict(task_cls.DataConfig, data, prefix="data.")
     cfg.model = from_dict(task_cls.ModelConfig, model, prefix="model.")
     cfg.name = cfg.name or cfg.task
+    check_values(cfg)
     return cfg
+
+
+def check_values(cfg: RunConfig) -> None:
+    """Ranges the types cannot express; a bad value is a UserError naming its key, before any run dir exists."""
+    import math
+
+    t, o, c = cfg.trainer, cfg.optim, cfg.checkpoint
+    rules = [
+        ("trainer.max_epochs", t.max_epochs, t.max_epochs >= 1, ">= 1"),
+        ("trainer.devices", t.devices, t.devices >= 1, ">= 1"),
+        ("trainer.num_nodes", t.num_nodes, t.num_nodes >= 1, ">= 1"),
+        ("trainer.accumulate_grad_batches", t.accumulate_grad_batches, t.accumulate_grad_batches >= 1, ">= 1"),
+        ("trainer.log_every_n_steps", t.log_every_n_steps, t.log_every_n_steps >= 1, ">= 1"),
+        ("trainer.check_val_every_n_epoch", t.check_val_every_n_epoch, t.check_val_every_n_epoch >= 1, ">= 1"),
+        ("trainer.gradient_clip_val", t.gradient_clip_val, t.gradient_clip_val >= 0, ">= 0"),
+        ("trainer.limit_train_batches", t.limit_train_batches, t.limit_train_batches > 0, "> 0"),
+        ("trainer.limit_val_batches", t.limit_val_batches, t.limit_val_batches >= 0, ">= 0"),
+        ("optim.lr", o.lr, math.isfinite(o.lr) and o.lr >= 0, "a finite number >= 0"),
+        ("optim.weight_decay", o.weight_decay, math.isfinite(o.weight_decay) and o.weight_decay >= 0, ">= 0"),
+        ("optim.momentum", o.momentum, 0 <= o.momentum < 1, "in [0, 1)"),
+        ("optim.betas", o.betas, len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "two numbers in [0, 1)"),
+        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
+        ("checkpoint.every_n_epochs", c.every_n_epochs, c.every_n_epochs >= 0, ">= 0 (0: off)"),
+        ("checkpoint.early_stopping_patience", c.early_stopping_patience, c.early_stopping_patience >= 0,
+         ">= 0 (0: off)"),
+        ("seed", cfg.seed, 0 <= cfg.seed <= 2**32 - 1, "in 0..2**32-1"),
+    ]
+    for name in ("batch_size", "extract_batch_size"):  # every task's loaders
+        value = getattr(cfg.data, name, None)
+        if isinstance(value, int):
+            rules.append((f"data.{name}", value, value >= 1, ">= 1"))
+    value = getattr(cfg.data, "num_workers", None)
+    if isinstance(value, int):
+        rules.append(("data.num_workers", value, value >= 0, ">= 0"))
+    for key, value, ok, want in rules:
+        if not ok:
+            raise UserError(f"config key '{key}' must be {want}, got {value!r}")
 
 
 class EpochSeed:
@@ -198,7 +237,14 @@ def new_run_dir(cfg: RunConfig) -> Path:
     run_dir, i = base, 1
     while run_dir.exists():
         run_dir, i = base.with_name(f"{stamp}-{i}"), i + 1
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+        probe = run_dir / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot create the run directory {run_dir} (run_root={cfg.run_root}): "
+                        f"{e.strerror or type(e).__name__}") from None
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     return run_dir
 
@@ -293,8 +339,6 @@ def init_weights_from(module: torch.nn.Module, source: str | Path) -> None:
 
 def train(cfg: RunConfig, resume: str | Path | None = None) -> Path:
     """Train ``cfg``; returns the run directory. ``resume`` continues a run dir from its ``last.ckpt``."""
-    import lightning.pytorch as pl
-
     task = TASKS.get_entry(cfg.task)(cfg)
     if resume is not None:
         run_dir = Path(resume)
@@ -306,6 +350,36 @@ def train(cfg: RunConfig, resume: str | Path | None = None) -> Path:
     else:
         run_dir = new_run_dir(cfg)
         last, resumed_epoch = None, None
+    try:
+        trainer, module = _fit(cfg, task, run_dir, last, resumed_epoch)
+    except Exception:
+        if last is None and not any((run_dir / "checkpoints").glob("*.ckpt")):
+            _remove_run_dir(run_dir, Path(cfg.run_root))  # a failed config leaves no empty run dir behind
+        raise
+    if trainer.global_step == 0 and last is None and not trainer.interrupted:
+        _remove_run_dir(run_dir, Path(cfg.run_root))
+        raise UserError("training took no optimizer step (is the training set empty?); no model was exported")
+    if trainer.is_global_zero:
+        export_best(trainer, module, task, cfg, run_dir)
+    return run_dir
+
+
+def _remove_run_dir(run_dir: Path, run_root: Path) -> None:
+    import shutil
+
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # <run_root>/<name>/ too, when this run was its only one
+        if run_dir.parent != run_root and not any(run_dir.parent.iterdir()):
+            run_dir.parent.rmdir()
+
+
+def _fit(cfg: RunConfig, task, run_dir: Path, last: Path | None, resumed_epoch: int | None):
+    """Build the module, data and Lightning trainer and fit; returns (trainer, module)."""
+    import lightning.pytorch as pl
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         save_yaml(cfg, run_dir / "config.yaml")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -325,12 +399,11 @@ def train(cfg: RunConfig, resume: str | Path | None = None) -> Path:
             enable_progress_bar=t.progress, enable_model_summary=False, deterministic=t.deterministic,
             use_distributed_sampler=False,
         )
-    except (ValueError, RuntimeError, TypeError) as e:  # bad accelerator/precision/strategy combinations
+    except (ValueError, RuntimeError, TypeError, ImportError, MisconfigurationException) as e:
+        # bad accelerator/precision/strategy combinations, or an accelerator this machine lacks (gpu, tpu)
         raise UserError(f"cannot build the trainer: {str(e).splitlines()[0]}") from None
     trainer.fit(module, datamodule=datamodule, ckpt_path=last, weights_only=True)
-    if trainer.is_global_zero:
-        export_best(trainer, module, task, cfg, run_dir)
-    return run_dir
+    return trainer, module
 
 
 def export_best(trainer, module, task, cfg: RunConfig, run_dir: Path) -> Path:

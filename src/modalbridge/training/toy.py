@@ -45,6 +45,10 @@ class ToyDataConfig:
     noise: float = 0.1
     dump_params_per_rank: bool = False  # DDP test: every rank writes its final parameters
 
+    def __post_init__(self):
+        if self.n_train < 1 or self.n_val < 0:
+            raise ValueError(f"n_train must be >= 1 and n_val >= 0, got {self.n_train} and {self.n_val}")
+
 
 class ToyModule(BridgeModule):
     def __init__(self, model, optim_cfg, dump_params: bool):
