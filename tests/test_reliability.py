@@ -238,3 +238,29 @@ def test_training_without_a_step_exports_nothing(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="no optimizer step"):
         _train(tmp_path / "runs", "trainer.max_epochs=1")
     assert not any((tmp_path / "runs").iterdir())
+
+
+# ------------------------------------------------------------------------------ warnings: one line each
+def test_console_warnings_are_one_warning_line(tmp_path, monkeypatch, capfd):
+    """Library warnings (Lightning here) and our own reach the console as ``warning: ...``, no source lines."""
+    import re
+    import sys
+    import warnings
+
+    from modalbridge import cli
+
+    argv = ["modalbridge", "train", str(TOY), f"run_root={tmp_path}", *FAST, "trainer.max_epochs=1",
+            "trainer.log_every_n_steps=50"]  # 2 batches < 50: Lightning warns about the logging interval
+    monkeypatch.setattr(sys, "argv", argv)
+    with warnings.catch_warnings():  # restores warnings.showwarning afterwards
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        warnings.warn("a library\n  says   this", UserWarning, stacklevel=1)
+    assert exit_.value.code == 0
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "warn" in line.lower()]
+    assert "warning: a library says this" in lines
+    assert any("log_every_n_steps" in line for line in lines), err
+    assert all(line.startswith("warning: ") for line in lines), err
+    assert not re.search(r"\.py:\d+", err), err

@@ -362,8 +362,21 @@ def _click_exceptions():
     return exceptions
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the console: one ``warning: ...`` line on stderr, no source path or code line."""
+    text = " ".join(str(message).split()) or category.__name__
+    try:
+        print(f"warning: {text}", file=file or sys.stderr)
+    except (OSError, ValueError):  # stderr closed or gone: a warning must never crash the command
+        pass
+
+
 def main() -> None:
-    """Console entry point: usage errors also become one ``error:`` line with exit code 2."""
+    """Console entry point: usage errors also become one ``error:`` line with exit code 2; Python warnings
+    (from us or any library) become one ``warning:`` line each."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     cx = _click_exceptions()
     if len(sys.argv) == 1:
         sys.argv.append("--help")
