@@ -264,3 +264,36 @@ def test_console_warnings_are_one_warning_line(tmp_path, monkeypatch, capfd):
     assert any("log_every_n_steps" in line for line in lines), err
     assert all(line.startswith("warning: ") for line in lines), err
     assert not re.search(r"\.py:\d+", err), err
+
+
+# ------------------------------------------------------------------------------------ draw: text and seed
+def test_slug_keeps_different_texts_apart():
+    from modalbridge.t2i.pipeline import slug
+
+    assert slug("a red dress") == "a-red-dress"  # plain lowercase ASCII words: unchanged names
+    stems = {slug(t) for t in ["连衣裙", "платье", "فستان", "A red dress", "a red dress!", "x" * 50, "x" * 51]}
+    assert len(stems) == 7 and all(s.isascii() for s in stems)
+
+
+def test_draw_non_latin_prompts_same_seed_write_distinct_files(tmp_path):
+    import json
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("连衣裙\nплатье\nфстан\n", encoding="utf-8")
+    res = runner.invoke(app, ["draw", "--prompts", str(prompts), "--seed", "0", "--n", "1", "--json",
+                              "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    images = [img for line in res.stdout.splitlines() for img in json.loads(line)["images"]]
+    assert len(images) == 3 and len(set(images)) == 3 and all(Path(p).is_file() for p in images)
+
+
+def test_draw_undecodable_argv_bytes_and_huge_seed(tmp_path):
+    # $'\xff a dress' arrives as '\udcff a dress' (PEP 383); printing or encoding it used to raise (exit 1)
+    import json
+
+    res = runner.invoke(app, ["draw", "\udcff a dress", "--n", "1", "--json", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["text"] == "a dress"  # lone surrogates are cleaned like control characters
+    res = runner.invoke(app, ["draw", "a dress", "--seed", "99999999999999999999", "--out", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert "seed" in _error_line(res)

@@ -298,8 +298,12 @@ def gif_bytes(frames: list, ms: int = 500) -> bytes:
 
 
 def slug(text: str, limit: int = 40) -> str:
+    """File-name stem: lowercase ASCII words joined by '-'. When that does not spell ``text`` exactly (other scripts,
+    case, punctuation, truncation), 8 hex digits of its hash follow, so different texts never share a file name."""
     s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
-    return s or "drawing"
+    if s.replace("-", " ") == text:
+        return s
+    return f"{s or 'drawing'}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def _write_png(path: Path, image, min_size: int) -> str:
