@@ -173,7 +173,13 @@ def draw_cmd(
     out: Annotated[Path, typer.Option("--out", help="Output directory for PNG/GIF files.")] = Path("drawings"),
     gif: Annotated[bool, typer.Option("--gif", help="Also write an animated GIF of the images.")] = False,
     model: Annotated[
-        str | None, typer.Option("--model", help="Mapper model directory or name (default: embedded t2i-fashion).")
+        str | None,
+        typer.Option("--model", help="Resolver or mapper directory or name: t2i-fashion (default) | t2i-imagenet."),
+    ] = None,
+    generator: Annotated[
+        str | None,
+        typer.Option("--generator", help="biggan-deep-128|256|512 (hub id, cached) or a published-format directory "
+                     "(config.json + pytorch_model.bin); required with a resolver such as t2i-imagenet."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per text.")] = False,
     prompts: Annotated[Path | None, typer.Option("--prompts", help="File with one prompt per line.")] = None,
@@ -182,29 +188,18 @@ def draw_cmd(
     steps: Annotated[int, typer.Option("--steps", help="Frames of --to interpolation.")] = 8,
     whole: Annotated[bool, typer.Option("--whole", help="Do not split texts naming several objects.")] = False,
 ):
-    """Draw images for a text: text encoder -> mapper -> class embedding -> generator."""
+    """Draw images for a text: text encoder -> resolver or mapper -> class embedding -> generator."""
     import json
 
     from modalbridge.t2i import pipeline as P
 
-    if (text is None) == (prompts is None):
-        raise UserError("give a TEXT or --prompts FILE (not both)")
-    if prompts is not None:
-        if not prompts.is_file():
-            raise UserError(f"prompts file not found: {prompts}")
-        try:
-            texts = [line for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError:
-            raise UserError(f"{prompts} is not UTF-8 text") from None
-        if not texts:
-            raise UserError(f"{prompts} has no prompts")
-    else:
-        texts = [text]
-    texts = [P.clean_text(t) for t in texts]  # bad text fails before any model loads
-    P._check_n(n)
-    P._check_truncation(truncation)
     with _warnings_to_stderr():
-        pipe = P.load_pipeline(model)
+        texts = _texts(text, prompts)  # bad text fails before any model loads
+        P.check_n(n)
+        P.check_truncation(truncation)
+        if seed is not None:
+            P.check_seed(seed)
+        pipe = P.load_pipeline(model, generator)
         for t in texts:
             s = P.text_seed(t) if seed is None else seed
             if per_token:
@@ -222,6 +217,43 @@ def draw_cmd(
                 for w in record.get(key, []):
                     typer.echo(f"{w['word']} -> {w['label']} {w['score']:.2f}")
             typer.echo("\n".join(record["images"] + [record[k] for k in ("grid", "gif") if k in record]))
+
+
+def _texts(text: str | None, prompts: Path | None) -> list[str]:
+    from modalbridge.t2i.classify import clean_text, read_prompts
+
+    if (text is None) == (prompts is None):
+        raise UserError("give a TEXT or --prompts FILE (not both)")
+    return read_prompts(prompts) if prompts is not None else [clean_text(text)]
+
+
+@command("classify")
+def classify_cmd(
+    text: Annotated[str | None, typer.Argument(help="Text to classify (or use --prompts FILE).")] = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="File with one text per line.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Resolver or mapper directory or name: t2i-fashion (default) | t2i-imagenet."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per text.")] = False,
+    whole: Annotated[bool, typer.Option("--whole", help="Do not split texts naming several objects.")] = False,
+):
+    """Text -> classes, no generator: the top-5 classes of each text (and of each object it names)."""
+    import json
+
+    from modalbridge.t2i.classify import load_classifier
+
+    with _warnings_to_stderr():
+        texts = _texts(text, prompts)
+        clf = load_classifier(model)
+        for i in range(0, len(texts), 256):
+            for record in clf.classify_many(texts[i : i + 256], split_objects=not whole):
+                if json_out:
+                    typer.echo(json.dumps(record, ensure_ascii=False))
+                    continue
+                line = ", ".join(f"{c['label']} {c['score']:.2f}" for c in record["classes"])
+                objects = "".join(f" | {o['text']}: {o['classes'][0]['label']}" for o in record["objects"])
+                typer.echo(f"{record['text']}\t{line}{objects}")
 
 
 class _warnings_to_stderr:

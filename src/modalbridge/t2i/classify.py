@@ -24,6 +24,7 @@ import torch
 from modalbridge import assets
 from modalbridge import checkpoint as ckpt
 from modalbridge.errors import UserError
+from modalbridge.t2i.mapper import T2IMapper  # noqa: F401 - registers the t2i_mapper model type
 from modalbridge.t2i.resolver import ClassResolver, keep_classes
 from modalbridge.t2i.vocabulary import Vocabulary
 
@@ -46,6 +47,29 @@ def clean_text(text: str) -> str:
     if not text:
         raise UserError("text is empty (nothing left after removing whitespace and control characters)")
     return text
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts of a file, one per line, cleaned; a line that is empty after cleaning is skipped with a warning
+    naming it (never losing the rest). No usable line at all is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    texts = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            texts.append(clean_text(line))
+        except UserError as e:
+            warnings.warn(f"{path}:{i} skipped: {e}", stacklevel=2)
+    if not texts:
+        raise UserError(f"{path} has no prompts")
+    return texts
 
 
 def related_classes(vocab: Vocabulary, depth: int = 2) -> torch.Tensor:

@@ -219,7 +219,12 @@ def _load(path: str, generator: str | None) -> Pipeline:
                             "biggan-deep-128|256|512 (Hugging Face hub id, cached) or a directory in the published "
                             "format (config.json + pytorch_model.bin)")
         generator = c.generator
-    gen = load_generator(generator)
+    try:
+        gen = load_generator(generator)
+    except UserError as e:
+        if "/" in str(generator) or not Path(str(generator)).exists():
+            raise UserError(f"{e} (or --generator DIR: a directory with config.json + pytorch_model.bin)") from None
+        raise
     gen.eval().requires_grad_(False)
     table = gen.class_embeddings.detach().float()
     if table.shape[0] != c.num_classes:
