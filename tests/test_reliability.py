@@ -276,15 +276,15 @@ def test_slug_keeps_different_texts_apart():
 
 
 def test_draw_non_latin_prompts_same_seed_write_distinct_files(tmp_path):
-    import json
+    from PIL import Image
 
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("连衣裙\nплатье\nфстан\n", encoding="utf-8")
-    res = runner.invoke(app, ["draw", "--prompts", str(prompts), "--seed", "0", "--n", "1", "--json",
-                              "--out", str(tmp_path / "out")])
-    assert res.exit_code == 0, res.output
-    images = [img for line in res.stdout.splitlines() for img in json.loads(line)["images"]]
-    assert len(images) == 3 and len(set(images)) == 3 and all(Path(p).is_file() for p in images)
+    from modalbridge.t2i.pipeline import Drawing, save_drawing
+
+    images = []
+    for text in ["连衣裙", "платье", "فستان"]:  # same seed: all three used to write drawing-0-0.png
+        d = Drawing(text=text, images=[Image.new("RGB", (32, 32))], classes=[], objects=[], seed=0, truncation=0.5)
+        images += save_drawing(d, tmp_path)["images"]
+    assert len(set(images)) == 3 and all(Path(p).is_file() for p in images)
 
 
 def test_draw_undecodable_argv_bytes_and_huge_seed(tmp_path):
