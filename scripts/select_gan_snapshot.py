@@ -4,11 +4,12 @@
     .venv/bin/python scripts/select_gan_snapshot.py runs/gan-fashion-v2/<stamp> \
         --install src/modalbridge/weights/gan-fashion
 
-Candidates: run_dir/snapshots/step* (``model.snapshot_every``) and run_dir/model (the final EMA generator). Each
-draws ``--n-per-class`` samples per class at truncation 1 (seed 0); the score is the FD between Gaussians of the
-``cnn`` judge's features (eval/fashion-judges/cnn, role "selection"), generated vs. the real *train* images
-(the test split is left to scripts/gan_quality.py). The held-out judges play no part. ``--install`` copies the
-winner, with the run's resolved config and the selection scores in ``config.json``'s ``extra`` (as an export).
+Candidates: run_dir/snapshots/step* (``model.snapshot_every``) and run_dir/model (the final EMA generator).
+Each draws ``--n-per-class`` samples per class at truncation 1 (seed 0); the score is the FD between Gaussians
+of the ``cnn`` judge's features (eval/fashion-judges/cnn, role "selection"), generated vs. the first
+``--n-real-per-class`` real *train* images of each class (the test split is left to scripts/gan_quality.py).
+The held-out judges play no part. ``--install`` copies the winner, with the run's resolved config and the
+selection scores in ``config.json``'s ``extra`` (as an export).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -34,6 +36,7 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--judge", type=Path, default=ROOT / "eval" / "fashion-judges" / "cnn")
     ap.add_argument("--n-per-class", type=int, default=300)
+    ap.add_argument("--n-real-per-class", type=int, default=1000)
     ap.add_argument("--install", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -42,7 +45,8 @@ def main() -> None:
     if checkpoint.read_meta(args.judge).get("extra", {}).get("role") != "selection":
         raise SystemExit(f"{args.judge} is not the panel's selection judge")
     xs, ys = fashion_mnist.load("train")
-    real_feats, _ = judge.embed(to_model_range(xs))
+    idx = np.concatenate([np.flatnonzero(ys == c)[: args.n_real_per_class] for c in range(int(ys.max()) + 1)])
+    real_feats, _ = judge.embed(to_model_range(xs[idx]))  # the first n of each class
     cands = sorted((args.run_dir / "snapshots").glob("step*")) + [args.run_dir / "model"]
     scores = {}
     for d in cands:

@@ -8,8 +8,8 @@ Judges (model dirs under eval/fashion-judges/<name>, plus panel.json with their 
 - ``cnn``  - fashion_cnn widths 16/32/64, seed 1. The *selection* judge: GAN snapshots are picked by the Fréchet
   distance on its features (scripts/select_gan_snapshot.py). Nothing else in GAN training sees any judge.
 - ``mlp``  - fashion_mlp on raw pixels (1024 -> 512 -> 128), seed 2: other inductive biases than the CNNs.
-- ``wide`` - fashion_cnn widths 32/64/128, 256 features, seed 3. *Held out*: never used for training, tuning or
-  selection; FD and precision/recall are reported on its features.
+- ``wide`` - fashion_cnn widths 32/64/128 with one conv per stage, 256 features, seed 3. *Held out*: never used
+  for training, tuning or selection; FD and precision/recall are reported on its features.
 They are evaluation tools only (not shipped in the package). Trained with +-2 px random shifts (CNNs), AdamW and a
 one-cycle schedule, as scripts/train_fashion_classifier.py.
 """
@@ -17,7 +17,6 @@ one-cycle schedule, as scripts/train_fashion_classifier.py.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -45,8 +44,9 @@ CLASSES = list(fashion_mnist.CLASSES)
 PANEL = {
     "cnn": (lambda: FashionClassifier(FashionClassifierConfig(classes=CLASSES)), 1, 2, 3e-3, 2, "selection"),
     "mlp": (lambda: FashionMLP(FashionMLPConfig(classes=CLASSES)), 2, 4, 1e-3, 1, "panel"),
-    "wide": (lambda: FashionClassifier(FashionClassifierConfig(widths=[32, 64, 128], feature_dim=256, dropout=0.4,
-                                                               classes=CLASSES)), 3, 1, 3e-3, 2, "held_out"),
+    "wide": (lambda: FashionClassifier(FashionClassifierConfig(
+        widths=[32, 64, 128], stage_convs=1, feature_dim=256, dropout=0.4, classes=CLASSES)),
+        3, 1, 3e-3, 2, "held_out"),
 }
 
 
@@ -92,12 +92,15 @@ def main() -> None:
     xt, yt = fashion_mnist.load("test")
     x_train, y_train = to_model_range(xs), torch.as_tensor(ys)
     x_test, y_test = to_model_range(xt), torch.as_tensor(yt)
-    panel_path = args.out / "panel.json"
-    panel = json.loads(panel_path.read_text()) if panel_path.is_file() else {}
     for name in args.only:
-        panel[name] = train_one(name, x_train, y_train, x_test, y_test, args.batch_size, args.out)
-        print(name, panel[name], flush=True)
-    checkpoint.write_json(panel_path, dict(sorted(panel.items())))
+        print(name, train_one(name, x_train, y_train, x_test, y_test, args.batch_size, args.out), flush=True)
+    panel = {}  # every judge saved under --out (also those of earlier runs with --only)
+    for name in PANEL:
+        if (args.out / name / checkpoint.CONFIG_NAME).is_file():
+            meta = checkpoint.read_meta(args.out / name)
+            panel[name] = {"role": meta["extra"]["role"], "model_type": meta["model_type"],
+                           **checkpoint.read_json_file(args.out / name / checkpoint.METRICS_NAME)}
+    checkpoint.write_json(args.out / "panel.json", panel)
     print(f"wrote {args.out}")
 
 

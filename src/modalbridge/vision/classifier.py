@@ -42,6 +42,7 @@ class FashionClassifierConfig:
     num_classes: int = 10
     dropout: float = 0.3
     classes: list[str] = field(default_factory=list)  # class names in index order (empty: unnamed)
+    stage_convs: int = 2  # convs in each stage after the first (which has one)
 
     def __post_init__(self):
         if self.classes and len(self.classes) != self.num_classes:
@@ -68,7 +69,7 @@ class FashionClassifier(nn.Module):
         layers, c_in = [], config.in_channels
         for i, c in enumerate(config.widths):
             layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-            if i > 0:  # the first stage is one conv: cheap at full resolution
+            for _ in range(config.stage_convs - 1 if i > 0 else 0):  # the first stage is one conv: cheap at full res.
                 layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
             layers.append(nn.MaxPool2d(2))
             c_in = c
