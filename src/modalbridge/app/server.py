@@ -13,15 +13,17 @@ calls run (the pipelines share one model object each, and Hugging Face fast toke
 through the same gates, so the UI and the API cannot overload the models together.
 
 The UI (:mod:`modalbridge.app.ui`) calls the same ``Services`` as the API. Uploads are read into memory; the API
-never writes them to disk. Gradio's UI upload route always writes a file into Gradio's upload folder, capped at
-``max_upload_bytes``; ``serve`` points that folder (``GRADIO_TEMP_DIR``) at a private temporary directory, the
-Caption tab deletes each upload right after reading it (heat maps derived from it are sent inline, never cached),
-``delete_cache`` removes Gradio's other cached files (the drawn images) once they are ten minutes old, and the
-whole directory is removed when the server stops.
+never writes them to disk. Gradio's UI upload route writes a file into Gradio's upload folder; ``UploadGuard``
+lets through only one verified image per request within the byte and pixel caps, at most ``max_kept_uploads`` at
+once, and deletes each ``upload_ttl`` seconds later. ``serve`` points that folder (``GRADIO_TEMP_DIR``) at a
+private temporary directory, the Caption tab deletes each upload right after reading it (heat maps derived from it
+are sent inline, never cached), ``delete_cache`` removes Gradio's other cached files (the drawn images) once they
+are ten minutes old, and the whole directory is removed when the server stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -33,6 +35,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +68,8 @@ class Limits:
     max_text_chars: int = 300
     max_images: int = 8
     max_beam: int = 10
+    max_kept_uploads: int = 64  # UI upload files on disk at once (each deleted when read, or after upload_ttl)
+    upload_ttl: float = 120.0  # seconds a UI upload that nothing read stays on disk
     workers: int = 1  # model calls running at once, per pipeline
     queue: int = 64  # requests allowed to wait, per pipeline
     queue_timeout: float = 60.0  # seconds a request may wait for a worker
@@ -359,6 +364,141 @@ def add_api(app: FastAPI, services: Services) -> None:
         return _error(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
+# ------------------------------------------------------------------------------------ Gradio's upload route
+GRADIO_UPLOAD = "/gradio_api/upload"
+GRADIO_BLOCKED = ("/gradio_api/process_recording",)  # video recording: no tab here takes video or audio
+UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "MPO")  # what the Caption tab reads
+
+
+def check_upload_image(data: bytes, limits: Limits) -> None:
+    """A UI upload: 413 over the byte or pixel cap (header only), 415 unless Pillow identifies and verifies it."""
+    check_image(data, limits)
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt = probe.format
+            probe.verify()  # structure and checksums (PNG CRCs), without decoding the pixels
+    except Exception:  # noqa: BLE001 - anything Pillow cannot identify or verify is not an image we keep
+        fmt = None
+    if fmt not in UPLOAD_FORMATS:
+        raise ApiError(415, "only image files can be uploaded (PNG, JPEG, GIF, WebP, BMP, TIFF)")
+
+
+async def _read_asgi_body(scope: dict, receive: Callable, cap: int) -> bytes | None:
+    """The whole request body, or None when it (or its declared length) is over ``cap`` bytes."""
+    declared = dict(scope.get("headers") or []).get(b"content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > cap):
+        return None
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+class UploadGuard:
+    """ASGI middleware in front of Gradio's POST routes, which would otherwise store any file a client sends.
+
+    * ``/gradio_api/upload``: one file per request, an image Pillow identifies and verifies (else 415), within the
+      byte and pixel caps (else 413), and at most ``max_kept_uploads`` upload files on disk at once (else 503).
+      Every accepted file is deleted ``upload_ttl`` seconds later unless the Caption tab has already read and
+      deleted it (it does so at once).
+    * Gradio's other POST routes (queue, events) take small JSON: their bodies are capped at ``max_json_bytes``
+      (a ``data:`` URL image inside an event cannot be larger than that).
+    * ``/gradio_api/process_recording`` (video/audio recordings) is refused: nothing in this UI records.
+    Refusals are JSON ``{"error": ...}`` like the API's.
+    """
+
+    def __init__(self, app: Callable, limits: Limits):
+        self.app, self.limits = app, limits
+        self.kept: dict[str, float] = {}  # upload path -> time.monotonic() deadline
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path = scope.get("path", "").rstrip("/") if scope["type"] == "http" else ""
+        if not path.startswith("/gradio_api/") or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        if path in GRADIO_BLOCKED:
+            return await _error(404, "this server does not take recordings")(scope, receive, send)
+        upload = path == GRADIO_UPLOAD
+        lim = self.limits
+        cap = lim.max_upload_bytes + 16 * 2**10 if upload else lim.max_json_bytes  # + multipart framing
+        body = await _read_asgi_body(scope, receive, cap)
+        if body is None:
+            return await _error(413, f"the request is larger than the limit of {cap} bytes")(scope, receive, send)
+        if upload:
+            try:
+                await self._check_upload(scope, body)
+            except ApiError as e:
+                return await _error(e.status, str(e))(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        if not upload:
+            return await self.app(scope, replay, send)
+        status, chunks = 0, []
+
+        async def capture(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, replay, capture)
+        if status == 200:
+            try:
+                stored = json.loads(b"".join(chunks))
+            except ValueError:
+                stored = []
+            for file in stored if isinstance(stored, list) else []:
+                self._keep(str(file))
+
+    async def _check_upload(self, scope: dict, body: bytes) -> None:
+        ctype = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+        try:
+            parts = parse_multipart(ctype, body)
+        except ApiError as e:
+            raise ApiError(e.status, "an upload is multipart/form-data with one image file in the field 'files'") \
+                from None
+        if set(parts) != {"files"} or parts["files"][0] is None:
+            raise ApiError(400, "an upload is multipart/form-data with one image file in the field 'files'")
+        await anyio.to_thread.run_sync(check_upload_image, parts["files"][1], self.limits)
+        self._forget_gone()
+        if len(self.kept) >= self.limits.max_kept_uploads:
+            raise ApiError(503, f"{len(self.kept)} uploads are waiting to be read; try again in a moment")
+
+    def _forget_gone(self) -> None:
+        for file in [f for f in self.kept if not os.path.exists(f)]:
+            del self.kept[file]
+
+    def _keep(self, file: str) -> None:
+        self.kept[file] = time.monotonic() + self.limits.upload_ttl
+        asyncio.get_running_loop().call_later(self.limits.upload_ttl, self._expire, file)
+
+    def _expire(self, file: str) -> None:
+        deadline = self.kept.get(file)
+        if deadline is None or time.monotonic() < deadline - 0.05:  # gone, or uploaded again since: a later timer
+            return
+        del self.kept[file]
+        path = Path(file)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+            path.parent.rmdir()  # Gradio's per-upload folder (named by the content's hash), when now empty
+
+
 # ---------------------------------------------------------------------------------------------------- app
 def build_app(drawer: Any | None, captioner: Any | None, limits: Limits | None = None) -> FastAPI:
     """The FastAPI app: JSON API under /api, the Gradio UI at /. Pipelines are loaded by the caller, once."""
@@ -368,10 +508,12 @@ def build_app(drawer: Any | None, captioner: Any | None, limits: Limits | None =
     app = FastAPI(title="modalbridge", docs_url=None, redoc_url=None, openapi_url=None)
     add_api(app, services)
     app.state.services = services
-    return gr.mount_gradio_app(
+    app = gr.mount_gradio_app(
         app, build_ui(services), path="/", max_file_size=services.limits.max_upload_bytes, footer_links=[],
         run_history=False, ssr_mode=False, mcp_server=False, enable_monitoring=False, pwa=False, show_error=False,
     )
+    app.add_middleware(UploadGuard, limits=services.limits)
+    return app
 
 
 def load_services(model_t2i: str | None = None, model_caption: str | None = None) -> tuple[Any, Any]:
