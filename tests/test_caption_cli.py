@@ -158,3 +158,96 @@ def test_evaluate_json_scores(setup):
                               "--no-meteor"])
     assert res.exit_code == 0 and json.loads(res.stdout)["n_images"] == 2, res.output
     assert "has no splits; scoring all 2 images" in res.stderr
+
+
+# ------------------------------------------------------------------------- decoding options (issue 13)
+def _spy(monkeypatch):
+    """Record the keyword arguments that reach decoding.beam_search / decoding.sample (and still run them)."""
+    from modalbridge.captioning import decoding
+
+    calls = []
+    for name in ("beam_search", "sample", "greedy"):
+        real = getattr(decoding, name)
+
+        def spy(*a, _real=real, _name=name, **kw):
+            calls.append((_name, {k: v for k, v in kw.items() if k in ("beam_size", "length_penalty", "top_p",
+                                                                         "temperature")}))
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(decoding, name, spy)
+    return calls
+
+
+def test_decoding_options_reach_the_decoder_from_caption_and_evaluate(setup, monkeypatch):
+    model = str(setup["models"]["show_attend_tell"])
+    img = str(setup["images"][0])
+    calls = _spy(monkeypatch)
+    res = runner.invoke(app, ["caption", img, "--model", model, "--beam", "4", "--length-penalty", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert calls[-1] == ("beam_search", {"beam_size": 4, "length_penalty": 0.0})
+    res = runner.invoke(app, ["caption", img, "--model", model, "--top-p", "0.5", "--temperature", "0.7", "--json"])
+    assert res.exit_code == 0, res.output
+    assert calls[-1] == ("sample", {"top_p": 0.5, "temperature": 0.7})
+    res = runner.invoke(app, ["caption", img, "--model", model, "--temperature", "2"])
+    assert res.exit_code == 0 and calls[-1] == ("sample", {"top_p": 1.0, "temperature": 2.0}), res.output
+    data = f"folder:{setup['data']}"
+    res = runner.invoke(app, ["evaluate", "--model", model, "--data", data, "--length-penalty", "2.5", "--json",
+                              "--no-meteor"])
+    assert res.exit_code == 0, res.output
+    assert calls[-1] == ("beam_search", {"beam_size": 3, "length_penalty": 2.5})
+    res = runner.invoke(app, ["evaluate", "--model", model, "--data", data, "--top-p", "0.9", "--json", "--no-meteor"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["n_images"] == 3, res.output
+    assert calls[-1] == ("sample", {"top_p": 0.9, "temperature": 1.0})
+
+
+def test_sampled_captions_match_the_library_and_are_reproducible(setup):
+    from modalbridge.captioning.pipeline import load_captioner
+
+    model = setup["models"]["show_attend_tell"]
+    images = [str(p) for p in setup["images"]]
+    args = ["caption", *images, "--model", str(model), "--top-p", "0.8", "--temperature", "1.5", "--json"]
+    first, again = runner.invoke(app, args), runner.invoke(app, args)
+    assert first.exit_code == 0 and first.stdout == again.stdout, first.output
+    lib = load_captioner(model).caption(images, top_p=0.8, temperature=1.5)
+    assert [json.loads(line)["caption"] for line in first.stdout.splitlines()] == [r["caption"] for r in lib]
+    # temperature 0 is greedy; a length penalty changes nothing for beam 1
+    cap = load_captioner(model)
+    greedy = [r["caption"] for r in cap.caption(images, beam=1)]
+    assert [r["caption"] for r in cap.caption(images, temperature=0.0)] == greedy
+    assert [r["caption"] for r in cap.caption(images, beam=1, length_penalty=3.0)] == greedy
+
+
+@pytest.mark.parametrize("args,word", [
+    (["--length-penalty", "-1"], "length penalty"),
+    (["--length-penalty", "6"], "length penalty"),
+    (["--length-penalty", "nan"], "length penalty"),
+    (["--top-p", "0"], "top-p"),
+    (["--top-p", "1.5"], "top-p"),
+    (["--top-p", "inf"], "top-p"),
+    (["--temperature", "-0.5"], "temperature"),
+    (["--temperature", "11"], "temperature"),
+    (["--beam", "3", "--top-p", "0.9"], "exclude each other"),
+    (["--beam", "2", "--temperature", "0.5"], "exclude each other"),
+    (["--length-penalty", "1", "--top-p", "0.9"], "beam search"),
+])
+def test_bad_decoding_options_are_one_error_line_before_anything_loads(setup, tmp_path, args, word):
+    missing = str(tmp_path / "no-model")  # the options are checked first: the missing model is never reached
+    img = str(setup["images"][0])
+    for cmd in (["caption", img, "--model", missing], ["evaluate", "--model", missing, "--data", "folder:/nope"]):
+        res = runner.invoke(app, [*cmd, *args])
+        assert res.exit_code == 2, res.output
+        assert word in _error_line(res) and res.stdout == ""
+
+
+def test_check_functions_are_public_and_strict():
+    from modalbridge.captioning import pipeline
+    from modalbridge.errors import UserError
+
+    assert pipeline.check_decoding() == pipeline.Decoding(3, 1.0, None, None)
+    d = pipeline.check_decoding(beam=1, top_p=0.9)
+    assert d.sampling and (d.beam, d.top_p, d.temperature) == (1, 0.9, None)
+    assert pipeline.check_length_penalty(0) == 0.0 and pipeline.check_top_p(1) == 1.0
+    for fn, bad in ((pipeline.check_top_p, True), (pipeline.check_temperature, "1"), (pipeline.check_beam, 2.0),
+                    (pipeline.check_length_penalty, None)):
+        with pytest.raises(UserError):
+            fn(bad)

@@ -226,3 +226,43 @@ def checkpoint_state(model_dir: Path) -> dict:
     from modalbridge import checkpoint
 
     return checkpoint.load_state_dict(model_dir / "model.safetensors")
+
+
+def test_val_decoding_options_come_from_the_config(tmp_path, monkeypatch):
+    """data.val_length_penalty / val_top_p / val_temperature are checked before any work and used by val/CIDEr."""
+    from modalbridge.captioning import decoding
+    from modalbridge.captioning.sat import SATConfig, ShowAttendTell
+    from modalbridge.captioning.train import CaptionTask, Text
+    from modalbridge.captioning.vocab import Vocab
+    from modalbridge.errors import UserError
+    from modalbridge.training import engine
+
+    load_builtins()
+    base = [f"run_root={tmp_path}", "data.data=folder:/nonexistent"]
+    for bad, word in (("data.val_top_p=1.5", "top-p"), ("data.val_temperature=0.5", "exclude each other"),
+                      ("data.val_length_penalty=-1", "length penalty")):
+        cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", [*base, bad])
+        with pytest.raises(UserError, match=f"data.val_.*{word}"):
+            CaptionTask(cfg).prepare()  # fails on the option, not on the missing data
+    calls = []
+    real = decoding.sample
+
+    def spy(*a, **kw):
+        calls.append((kw["top_p"], kw["temperature"]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(decoding, "sample", spy)
+    cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml",
+                                [*base, "data.val_beam=1", "data.val_top_p=0.7", "data.val_temperature=0.5"])
+    task = CaptionTask(cfg)
+    from modalbridge.captioning.train import _val_decoding
+
+    task.decoding = _val_decoding(cfg.data)
+    task.vocab = Vocab(["a", "red", "square"])
+    task.text = Text(task.vocab)
+    task.cider_features = torch.randn(2, 4, 8)
+    task.cider_records = [type("R", (), {"captions": ["a red square"]})()] * 2
+    model = ShowAttendTell(SATConfig(vocab_size=7, feature_dim=8, embed_dim=8, hidden_dim=8, attention_dim=8,
+                                     max_len=4))
+    scores = task.decode_and_score(model)
+    assert calls == [(0.7, 0.5)] and "CIDEr" in scores

@@ -282,13 +282,25 @@ def _quiet_hf() -> None:
     hf_logging.set_verbosity_error()
 
 
+_LENGTH_PENALTY = typer.Option(
+    "--length-penalty", help="Beam search ranks captions by logprob / length ** L (0 = raw sum, favours short "
+    "captions; 1 = mean per token; default 1; 0..5).")
+_TOP_P = typer.Option("--top-p", help="Nucleus sampling instead of beam search: sample from the most likely tokens "
+                      "holding this much probability (0 < P <= 1; reproducible: seed 0).")
+_TEMPERATURE = typer.Option("--temperature", help="Sampling temperature instead of beam search (0 = greedy, 1 = the "
+                            "model's own distribution; 0..10); combines with --top-p.")
+
+
 @command("caption")
 def caption_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
     model: Annotated[
         str | None, typer.Option("--model", help="Model directory or name; default: embedded caption-fashion.")
     ] = None,
-    beam: Annotated[int, typer.Option("--beam", help="Beam size (1 = greedy).")] = 3,
+    beam: Annotated[int | None, typer.Option("--beam", help="Beam size (1 = greedy); default 3.")] = None,
+    length_penalty: Annotated[float | None, _LENGTH_PENALTY] = None,
+    top_p: Annotated[float | None, _TOP_P] = None,
+    temperature: Annotated[float | None, _TEMPERATURE] = None,
     attention: Annotated[
         Path | None, typer.Option("--attention", help="Write per-word attention heat maps (PNG) into this dir.")
     ] = None,
@@ -297,16 +309,17 @@ def caption_cmd(
     """Caption images with a trained model (Show-Attend-Tell, Show-and-Tell or ClipCap)."""
     import json
 
-    from modalbridge.captioning.pipeline import _check_beam, load_captioner, save_attention_maps
+    from modalbridge.captioning.pipeline import check_decoding, load_captioner, save_attention_maps
     from modalbridge.vision.io import load_image
 
-    _check_beam(beam)
+    decoding = {"beam": beam, "length_penalty": length_penalty, "top_p": top_p, "temperature": temperature}
+    check_decoding(**decoding)
     pil = [load_image(p) for p in images]  # every image is checked before the model loads
     _quiet_hf()
     captioner = load_captioner(model)
     if attention is not None and not captioner.has_attention:
         raise UserError(f"--attention needs a show_attend_tell model; this one is '{captioner.model.model_type}'")
-    results = captioner.caption(pil, beam=beam)
+    results = captioner.caption(pil, **decoding)
     for i, (path, img, res) in enumerate(zip(images, pil, results, strict=True)):
         if as_json:
             typer.echo(json.dumps({"image": str(path), "caption": res["caption"], "logprob": res["logprob"]},
@@ -329,7 +342,10 @@ def evaluate_cmd(
         str | None, typer.Option("--model", help="Model directory or name; default: embedded caption-fashion.")
     ] = None,
     split: Annotated[str, typer.Option("--split", help="Which split to score.")] = "test",
-    beam: Annotated[int, typer.Option("--beam", help="Beam size (1 = greedy).")] = 3,
+    beam: Annotated[int | None, typer.Option("--beam", help="Beam size (1 = greedy); default 3.")] = None,
+    length_penalty: Annotated[float | None, _LENGTH_PENALTY] = None,
+    top_p: Annotated[float | None, _TOP_P] = None,
+    temperature: Annotated[float | None, _TEMPERATURE] = None,
     lang: Annotated[
         str, typer.Option("--lang", help="Language of the references; not 'en': Unicode tokenizer, no METEOR.")
     ] = "en",
@@ -340,9 +356,10 @@ def evaluate_cmd(
     import json
 
     from modalbridge.captioning import datasets
-    from modalbridge.captioning.pipeline import _check_beam, evaluate, load_captioner
+    from modalbridge.captioning.pipeline import check_decoding, evaluate, load_captioner
 
-    _check_beam(beam)
+    decoding = {"beam": beam, "length_penalty": length_penalty, "top_p": top_p, "temperature": temperature}
+    check_decoding(**decoding)
     if data is None:  # the default captioner's own test data (fashion_scenes.py)
         from modalbridge.captioning import fashion_scenes
 
@@ -356,7 +373,7 @@ def evaluate_cmd(
         raise UserError(f"dataset '{data}' has no images in split '{split}'")
     _quiet_hf()
     captioner = load_captioner(model)
-    scores = evaluate(captioner, records, beam=beam, meteor=meteor, lang=lang.strip().lower() or "en",
+    scores = evaluate(captioner, records, **decoding, meteor=meteor, lang=lang.strip().lower() or "en",
                       progress=not as_json and sys.stderr.isatty())
     if as_json:
         typer.echo(json.dumps(scores))

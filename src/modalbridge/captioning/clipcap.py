@@ -220,11 +220,31 @@ class ClipCap(CaptionDecoder):
         return [self.config.bos_id, *ids, self.config.eos_id]
 
     def decode_text(self, ids) -> str:
+        """Ids -> one caption line: cut at EOS, special tokens dropped, cut at the first line break, no control
+        characters (an LM trained on documents readily continues "a red umbrella." with "\\n\\nThis is ...")."""
+        from modalbridge.captioning.decoding import clean_caption
+
         ids = [int(i) for i in ids]
         if self.config.eos_id in ids:
             ids = ids[: ids.index(self.config.eos_id)]
         ids = [i for i in ids if i not in (self.config.bos_id, self.config.pad_id)]
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return clean_caption(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def line_constraints(self) -> tuple[list[int], list[int]]:
+        """``(stop, suppress)`` ids for decoding (see :func:`~modalbridge.captioning.decoding.line_constraints`):
+        tokens holding a line break end the caption, other control-character tokens and the tokenizer's unknown
+        token are never emitted. Computed once from the tokenizer (one decode per vocabulary entry)."""
+        if getattr(self, "_line_constraints", None) is None:
+            from modalbridge.captioning.decoding import line_constraints
+
+            tok, n = self.tokenizer, min(self.config.vocab_size, len(self.tokenizer))
+            texts = tok.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+            stop, suppress = line_constraints(texts)
+            unk = getattr(tok, "unk_token_id", None)
+            if unk is not None and unk != self.config.eos_id:
+                suppress.append(int(unk))
+            self._line_constraints = (stop, sorted(set(suppress)))
+        return self._line_constraints
 
 
 def _drop_lm_keys(module: ClipCap, state_dict: dict, prefix: str, local_metadata) -> None:

@@ -35,6 +35,8 @@ best live (unfinished) beam. With K = 1 this is exactly greedy decoding.
 from __future__ import annotations
 
 import math
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +89,69 @@ def reorder(decoder: Any, state: dict, index: Tensor) -> dict:
     if fn is not None:
         return fn(state, index)
     return {k: v.index_select(0, index.to(v.device)) if isinstance(v, Tensor) else v for k, v in state.items()}
+
+
+# What str.splitlines() splits on: a caption is one line, so a token holding any of these ends the caption.
+LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def _is_control(ch: str) -> bool:
+    return ch in LINE_BREAKS or unicodedata.category(ch) == "Cc"
+
+
+def clean_caption(text: str) -> str:
+    """One clean line: the text before the first line break, other control characters (tab, NUL, ...) turned into
+    spaces, runs of whitespace collapsed, ends stripped. The last guard of the ``IMAGE<TAB>caption`` output."""
+    for i, ch in enumerate(text):
+        if ch in LINE_BREAKS:
+            text = text[:i]
+            break
+    return " ".join("".join(" " if _is_control(ch) else ch for ch in text).split())
+
+
+def line_constraints(texts: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Token texts (index = id) -> ``(stop, suppress)`` ids for :class:`Constrained`: a token whose text holds a
+    line break ends the caption (``.\\n\\n`` included); one holding any other control character is never emitted."""
+    stop, suppress = [], []
+    for i, t in enumerate(texts):
+        if any(ch in LINE_BREAKS for ch in t):
+            stop.append(i)
+        elif any(_is_control(ch) for ch in t):
+            suppress.append(i)
+    return stop, suppress
+
+
+class Constrained:
+    """A decoder seen through decoding-time rules (training is untouched): ``stop`` tokens end the caption like EOS
+    (their probability is added to EOS's, so a model that wants a newline gets the end of the caption instead) and
+    ``suppress`` tokens (``<unk>``, control characters) are never emitted. Log-probabilities are not renormalised:
+    ``Decoded.logprob`` stays the model's own probability of what was emitted (a newline counted as EOS)."""
+
+    def __init__(self, decoder: Any, eos_id: int, stop: Sequence[int] = (), suppress: Sequence[int] = ()):
+        self.decoder, self.eos_id = decoder, int(eos_id)
+        self.stop = sorted({int(i) for i in stop} - {self.eos_id})
+        self.banned = sorted(({int(i) for i in suppress} | set(self.stop)) - {self.eos_id})
+        self._stop_t = self._banned_t = None
+
+    def init_state(self, memory: Tensor) -> dict:
+        return self.decoder.init_state(memory)
+
+    def reorder_state(self, state: dict, index: Tensor) -> dict:
+        return reorder(self.decoder, state, index)
+
+    def step(self, tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor | None]:
+        logprobs, state, attn = _step(self.decoder, tokens, state)  # (n, V)
+        V = logprobs.size(1)
+        if self._banned_t is None or self._banned_t.device != logprobs.device:
+            self._stop_t = torch.tensor([i for i in self.stop if i < V], dtype=torch.long, device=logprobs.device)
+            self._banned_t = torch.tensor([i for i in self.banned if i < V], dtype=torch.long, device=logprobs.device)
+        if self._stop_t.numel():
+            eos = torch.cat([logprobs[:, self.eos_id : self.eos_id + 1], logprobs[:, self._stop_t]], 1)  # (n, 1+S)
+            logprobs = logprobs.clone()
+            logprobs[:, self.eos_id] = torch.logsumexp(eos, dim=1)
+        if self._banned_t.numel():
+            logprobs = logprobs.index_fill(1, self._banned_t, -math.inf)
+        return logprobs, state, attn
 
 
 def _check(memory: Tensor, max_len: int) -> int:

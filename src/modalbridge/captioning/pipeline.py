@@ -2,6 +2,7 @@
 
     captioner = load_captioner("runs/sat_coco/.../model")        # or None: the embedded "caption-fashion"
     captioner.caption(["a.jpg", pil_image, raw_bytes], beam=3)   # [{"image", "caption", "logprob", "words", ...}]
+    captioner.caption(images, top_p=0.9, temperature=0.7)       # nucleus sampling instead of beam search
     evaluate(captioner, records, beam=3)                         # {"BLEU-1".."BLEU-4", "METEOR", ..., "n_images"}
 
 A captioning model directory holds the decoder (``show_tell``, ``show_attend_tell`` or ``clipcap``), its vocabulary
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +31,125 @@ CAPTION_MODEL_TYPES = ("show_tell", "show_attend_tell", "clipcap")
 MAX_BEAM = 20
 
 
-def _check_beam(beam: int) -> int:
+MAX_LENGTH_PENALTY = 5.0
+MAX_TEMPERATURE = 10.0
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_beam(beam: int) -> int:
+    """Beam size: an integer from 1 (greedy) to ``MAX_BEAM``."""
     if not isinstance(beam, int) or isinstance(beam, bool) or not 1 <= beam <= MAX_BEAM:
         raise UserError(f"beam must be an integer from 1 to {MAX_BEAM}, got {beam!r}")
     return beam
 
 
+def check_length_penalty(value: float) -> float:
+    """Beam search's length-normalisation exponent (``logprob / L ** value``): from 0 (raw sum) to 5."""
+    value = _number(value, "length penalty")
+    if not 0.0 <= value <= MAX_LENGTH_PENALTY:
+        raise UserError(f"length penalty must be from 0 to {MAX_LENGTH_PENALTY:g}, got {value:g}")
+    return value
+
+
+def check_top_p(value: float) -> float:
+    """Nucleus sampling's probability mass: in (0, 1]."""
+    value = _number(value, "top-p")
+    if not 0.0 < value <= 1.0:
+        raise UserError(f"top-p must be greater than 0 and at most 1, got {value:g}")
+    return value
+
+
+def check_temperature(value: float) -> float:
+    """Sampling temperature: from 0 (greedy) to ``MAX_TEMPERATURE``."""
+    value = _number(value, "temperature")
+    if not 0.0 <= value <= MAX_TEMPERATURE:
+        raise UserError(f"temperature must be from 0 to {MAX_TEMPERATURE:g}, got {value:g}")
+    return value
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How captions are decoded: beam search (``beam``, ``length_penalty``), or nucleus sampling when ``top_p`` or
+    ``temperature`` is set (one sample per image; a missing one of the two means 1.0)."""
+
+    beam: int = 3
+    length_penalty: float = 1.0
+    top_p: float | None = None
+    temperature: float | None = None
+
+    @property
+    def sampling(self) -> bool:
+        return self.top_p is not None or self.temperature is not None
+
+
+def check_decoding(
+    beam: int | None = None,
+    length_penalty: float | None = None,
+    top_p: float | None = None,
+    temperature: float | None = None,
+) -> Decoding:
+    """Validate decoding options (None = not given) and their combination into a :class:`Decoding`.
+
+    Sampling (``top_p``/``temperature``) draws one caption per image, so it excludes a beam above 1 and a length
+    penalty (which only ranks finished beams).
+
+    Raises:
+        UserError: a value out of range or a contradictory combination.
+    """
+    d = Decoding(
+        beam=3 if beam is None else check_beam(beam),
+        length_penalty=1.0 if length_penalty is None else check_length_penalty(length_penalty),
+        top_p=None if top_p is None else check_top_p(top_p),
+        temperature=None if temperature is None else check_temperature(temperature),
+    )
+    if d.sampling:
+        if beam is not None and beam != 1:
+            raise UserError(f"beam {beam} and top-p/temperature sampling exclude each other: sampling draws one "
+                            "caption per image; leave the beam out (or use 1)")
+        if length_penalty is not None:
+            raise UserError("length penalty applies to beam search; it has no effect with top-p/temperature sampling")
+        d = Decoding(1, 1.0, d.top_p, d.temperature)
+    return d
+
+
+def caption_constraints(model, vocab=None) -> tuple[list[int], list[int]]:
+    """``(stop, suppress)`` token ids for :class:`~modalbridge.captioning.decoding.Constrained`: captions are one
+    line without control characters, and a word vocabulary's ``<unk>`` is never emitted (the model would otherwise
+    write "<unk>" for every rare word)."""
+    from modalbridge.captioning.decoding import line_constraints
+    from modalbridge.captioning.vocab import UNK_ID
+
+    if model.model_type == "clipcap":
+        return model.line_constraints()
+    stop, suppress = line_constraints(vocab.itos if vocab is not None else [])
+    return stop, sorted({*suppress, UNK_ID})
+
+
 @torch.no_grad()
 def decode_features(
-    model, features: torch.Tensor, beam: int = 3, batch_size: int = 64, device=None, max_len: int | None = None
+    model,
+    features: torch.Tensor,
+    beam: int | None = None,
+    batch_size: int = 64,
+    device=None,
+    max_len: int | None = None,
+    length_penalty: float | None = None,
+    top_p: float | None = None,
+    temperature: float | None = None,
+    seed: int = 0,
+    vocab=None,
 ) -> list[dict]:
-    """Decode cached features ``(N, ...)`` with beam search (greedy for ``beam=1``).
+    """Decode cached features ``(N, ...)``: beam search (greedy for ``beam=1``), or nucleus sampling when ``top_p``
+    or ``temperature`` is given (see :func:`check_decoding`; samples are reproducible from ``seed``).
+
+    Captions stop at EOS or at a token holding a line break, never contain control characters, and never hold a
+    word vocabulary's ``<unk>`` (see :func:`caption_constraints`; pass the model's ``vocab`` so its control-character
+    words are excluded too).
 
     Returns one dict per image: ``tokens`` (generated ids, without ``<bos>``, up to and excluding ``<eos>``),
     ``logprob`` (sum of the token log-probabilities, ``<eos>`` included) and ``attention`` (``(len(tokens), P)``
@@ -47,18 +157,26 @@ def decode_features(
     """
     from modalbridge.captioning import decoding
 
-    _check_beam(beam)
+    opts = check_decoding(beam, length_penalty, top_p, temperature)
     c = model.config
     max_len = max_len or c.max_len
     device = device or next(model.parameters()).device
+    stop, suppress = caption_constraints(model, vocab)
+    decoder = decoding.Constrained(model, c.eos_id, stop=stop, suppress=suppress)
+    generator = torch.Generator(device=device).manual_seed(seed) if opts.sampling else None
     out: list[dict] = []
     for lo in range(0, len(features), batch_size):
         memory = features[lo : lo + batch_size].to(device).float()
-        if beam == 1:
-            res = decoding.greedy(model, memory, bos_id=c.bos_id, eos_id=c.eos_id, max_len=max_len)
+        if opts.sampling:
+            res = decoding.sample(decoder, memory, bos_id=c.bos_id, eos_id=c.eos_id, max_len=max_len,
+                                  top_p=1.0 if opts.top_p is None else opts.top_p,
+                                  temperature=1.0 if opts.temperature is None else opts.temperature,
+                                  generator=generator)
+        elif opts.beam == 1:
+            res = decoding.greedy(decoder, memory, bos_id=c.bos_id, eos_id=c.eos_id, max_len=max_len)
         else:
-            res = decoding.beam_search(model, memory, beam_size=beam, bos_id=c.bos_id, eos_id=c.eos_id,
-                                       max_len=max_len)
+            res = decoding.beam_search(decoder, memory, beam_size=opts.beam, bos_id=c.bos_id, eos_id=c.eos_id,
+                                       max_len=max_len, length_penalty=opts.length_penalty)
         out.extend(_unpack(res, c.eos_id))
     return out
 
@@ -108,9 +226,10 @@ class Captioner:
         return [p for p in pieces if p]
 
     def text(self, tokens: list[int]) -> str:
-        if self.vocab is not None:
-            return self.vocab.decode(tokens)
-        return self.model.decode_text(tokens)
+        """Caption text of ``tokens``: always one line without control characters."""
+        from modalbridge.captioning.decoding import clean_caption
+
+        return clean_caption(self.vocab.decode(tokens) if self.vocab is not None else self.model.decode_text(tokens))
 
     def _load(self, image: Any) -> tuple[str | None, Image.Image]:
         from modalbridge.vision.io import load_image
@@ -120,25 +239,41 @@ class Captioner:
         return None, load_image(image)  # PIL image, bytes, array: transparency and modes handled the same way
 
     @torch.no_grad()
-    def caption(self, images: list, beam: int = 3, max_len: int | None = None, batch_size: int = 16) -> list[dict]:
+    def caption(
+        self,
+        images: list,
+        beam: int | None = None,
+        max_len: int | None = None,
+        batch_size: int = 16,
+        length_penalty: float | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        seed: int = 0,
+    ) -> list[dict]:
         """Caption ``images`` (paths, raw bytes or PIL images).
 
-        Returns one dict per image: ``image`` (the path, or None), ``caption``, ``logprob`` (sum of token
-        log-probabilities), ``words`` (the generated tokens as text) and ``attention`` (``(len(words), P)`` nested
-        list, Show-Attend-Tell only, else None).
+        Decoding: beam search with ``beam`` (default 3; 1 = greedy) and ``length_penalty`` (default 1), or nucleus
+        sampling when ``top_p`` or ``temperature`` is given (reproducible from ``seed``); see :func:`check_decoding`.
+
+        Returns one dict per image: ``image`` (the path, or None), ``caption`` (one line, no control characters),
+        ``logprob`` (sum of token log-probabilities), ``words`` (the generated tokens as text) and ``attention``
+        (``(len(words), P)`` nested list, Show-Attend-Tell only, else None).
 
         Raises:
-            UserError: an unreadable, empty, truncated or oversized image (all images are checked before decoding).
+            UserError: bad decoding options; an unreadable, empty, truncated or oversized image (all images are
+                checked before decoding).
         """
-        _check_beam(beam)
+        check_decoding(beam, length_penalty, top_p, temperature)
+        opts = {"beam": beam, "length_penalty": length_penalty, "top_p": top_p, "temperature": temperature,
+                "seed": seed, "vocab": self.vocab}
         loaded = [self._load(im) for im in images]
         out = []
         for lo in range(0, len(loaded), batch_size):
             chunk = loaded[lo : lo + batch_size]
             enc = self.encoder.encode([im for _, im in chunk])
             memory = enc.grid if self.model.feature == "grid" else enc.pooled
-            for (name, _), res in zip(chunk, decode_features(self.model, memory, beam=beam, max_len=max_len,
-                                                             device=self.device), strict=True):
+            for (name, _), res in zip(chunk, decode_features(self.model, memory, max_len=max_len,
+                                                             device=self.device, **opts), strict=True):
                 attn = res["attention"]
                 out.append({
                     "image": name,
@@ -196,17 +331,21 @@ def load_captioner(spec: str | Path | None = None, device: str | torch.device = 
 def evaluate(
     captioner: Captioner,
     records: list,
-    beam: int = 3,
+    beam: int | None = None,
     batch_size: int = 16,
     meteor: bool = True,
     lang: str = "en",
     progress: bool = False,
+    length_penalty: float | None = None,
+    top_p: float | None = None,
+    temperature: float | None = None,
 ) -> dict:
     """Caption every record's image and score against its references with the COCO metrics.
 
     Args:
         records: :class:`~modalbridge.captioning.datasets.CaptionRecord` items (``image_id``, ``path``, ``captions``).
         meteor: include METEOR (starts a JVM).
+        beam, length_penalty, top_p, temperature: decoding, as in :meth:`Captioner.caption`.
 
     Returns:
         ``{"BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "n_images"}``.
@@ -215,6 +354,7 @@ def evaluate(
 
     from modalbridge.metrics import score
 
+    check_decoding(beam, length_penalty, top_p, temperature)
     records = list(records)
     if not records:
         raise UserError("no images to evaluate")
@@ -222,7 +362,8 @@ def evaluate(
     bar = tqdm(total=len(records), desc="captioning", unit="img", disable=not progress)
     for lo in range(0, len(records), batch_size):
         chunk = records[lo : lo + batch_size]
-        results = captioner.caption([r.path for r in chunk], beam=beam, batch_size=batch_size)
+        results = captioner.caption([r.path for r in chunk], beam=beam, batch_size=batch_size,
+                                    length_penalty=length_penalty, top_p=top_p, temperature=temperature, seed=lo)
         for i, (r, res) in enumerate(zip(chunk, results, strict=True)):
             key = f"{lo + i}:{r.image_id}"
             refs[key] = list(r.captions)

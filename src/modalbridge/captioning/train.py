@@ -9,8 +9,10 @@
 4. train with teacher-forced cross-entropy (+ Show, Attend and Tell's attention regulariser), one sample per
    (image, caption) pair;
 5. validate with the teacher-forced loss (``val/loss``) *and* with real decoding: beam search over the first
-   ``val_cider_images`` validation images, scored by :func:`modalbridge.metrics.score` without METEOR, logged as
-   ``val/CIDEr``, ``val/BLEU-4``, ``val/ROUGE-L``; ``checkpoint.monitor: val/CIDEr`` (mode max) keeps the best model;
+   ``val_cider_images`` validation images (``val_beam``, ``val_length_penalty``; or nucleus sampling with
+   ``val_top_p``/``val_temperature``; captions are one line and never hold ``<unk>``), scored by
+   :func:`modalbridge.metrics.score` without METEOR, logged as ``val/CIDEr``, ``val/BLEU-4``, ``val/ROUGE-L``;
+   ``checkpoint.monitor: val/CIDEr`` (mode max) keeps the best model;
 6. export ``run_dir/model``: ``config.json`` (decoder config incl. encoder and LM names and dims),
    ``model.safetensors``, ``vocab.json``, ``metrics.json``.
 
@@ -57,6 +59,12 @@ class CaptionDataConfig:
     max_val_images: int = 0  # 0 = all; images used for the teacher-forced val/loss
     val_cider_images: int = 500  # images decoded for val/CIDEr at each validation; 0 = all val images
     val_beam: int = 3
+    # Decoding of val/CIDEr (the same options as `caption --length-penalty/--top-p/--temperature`): beam search
+    # ranks finished beams by logprob / length ** val_length_penalty; val_top_p or val_temperature switches to
+    # nucleus sampling (seeded; val_beam must then be 1).
+    val_length_penalty: float = 1.0
+    val_top_p: float | None = None
+    val_temperature: float | None = None
     val_tokenizer: Literal["auto", "ptb", "unicode"] = "auto"  # metric tokenizer; "unicode" needs no Java
     lang: str = "en"
 
@@ -118,9 +126,9 @@ class Text:
         return self.model.encode_text(caption, max_len=self.max_len)
 
     def decode(self, ids) -> str:
-        if self.vocab is not None:
-            return self.vocab.decode(ids)
-        return self.model.decode_text(ids)
+        from modalbridge.captioning.decoding import clean_caption
+
+        return clean_caption(self.vocab.decode(ids) if self.vocab is not None else self.model.decode_text(ids))
 
 
 def _records(spec: str) -> list:
@@ -193,6 +201,7 @@ class CaptionTask(Task):
         from modalbridge.vision.encoders import build_encoder
 
         d, m = self.cfg.data, self.cfg.model
+        self.decoding = _val_decoding(d)  # bad decoding options fail before any feature extraction
         cls = DECODERS.get_entry(m.arch)
         records = _records(d.data)
         train_recs = _split(records, d.train_split, d.max_train_images)
@@ -272,7 +281,10 @@ class CaptionTask(Task):
         was_training = model.training
         model.eval()
         try:
-            seqs = decode_features(model, self.cider_features, beam=d.val_beam, batch_size=batch_size, device=device)
+            o = self.decoding
+            seqs = decode_features(model, self.cider_features, beam=o.beam, batch_size=batch_size, device=device,
+                                   length_penalty=None if o.sampling else o.length_penalty, top_p=o.top_p,
+                                   temperature=o.temperature, seed=self.cfg.seed, vocab=self.vocab)
         finally:
             model.train(was_training)
         hyps = {str(i): self.text.decode(s["tokens"]) for i, s in enumerate(seqs)}
@@ -284,6 +296,18 @@ class CaptionTask(Task):
             "format": "modalbridge.lm-tokenizer/1", "lm": module.model.config.lm}
         extra = {"run_config": run_config, "data": self.cfg.data.data, "task": "caption"}
         return ckpt.save(module.model, path, vocab=vocab, metrics=metrics, extra=extra)
+
+
+def _val_decoding(d: CaptionDataConfig):
+    """The ``data.val_*`` decoding options, checked like the CLI's (one error naming the config key)."""
+    from modalbridge.captioning.pipeline import check_decoding
+
+    sampling = d.val_top_p is not None or d.val_temperature is not None
+    try:
+        return check_decoding(d.val_beam, None if sampling and d.val_length_penalty == 1.0 else d.val_length_penalty,
+                              d.val_top_p, d.val_temperature)
+    except UserError as e:
+        raise UserError(f"config data.val_beam/val_length_penalty/val_top_p/val_temperature: {e}") from None
 
 
 def _vocab_of(source: str | Path):
