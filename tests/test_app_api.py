@@ -288,12 +288,13 @@ def test_serve_command_passes_its_options(monkeypatch):
     from modalbridge.cli import app
 
     seen = {}
-    monkeypatch.setattr(srv, "serve", lambda *a, **kw: seen.update(args=a))
+    monkeypatch.setattr(srv, "serve", lambda *a, **kw: seen.update(args=a, kw=kw))
     r = CliRunner().invoke(app, ["serve", "--port", "0", "--model-t2i", "t2i-dir", "--model-caption", "cap-dir",
-                                 "--workers", "2", "--queue", "3"])
+                                 "--workers", "2", "--queue", "3", "--generator", "biggan-deep-256"])
     assert r.exit_code == 0, r.output
     host, port, t2i, cap, limits = seen["args"]
     assert (host, port, t2i, cap, limits.workers, limits.queue) == ("127.0.0.1", 0, "t2i-dir", "cap-dir", 2, 3)
+    assert seen["kw"]["generator"] == "biggan-deep-256"
 
 
 def test_serve_fails_with_one_error_line_when_the_port_is_taken():
@@ -328,7 +329,60 @@ def test_serve_loads_models_once_answers_and_stops_on_sigterm(pipelines, monkeyp
     helper.start()
     srv.serve("127.0.0.1", 0, "t2i-spec", "caption-spec", echo=lines.append)
     helper.join(10)
-    assert loads == [("t2i-spec", "caption-spec")]  # once, at start-up; requests load nothing
+    assert loads == [("t2i-spec", "caption-spec", None)]  # once, at start-up; requests load nothing
     assert seen["draw"].status_code == 200 and seen["caption"].status_code == 200
     assert len(seen["folders"]) == 1 and not seen["folders"][0].exists()  # removed when the server stopped
     assert lines[-1] == "stopped"
+
+
+def test_draw_model_and_generator_choices_are_names_from_the_allow_list(pipelines):
+    """/api/draw's "model" and "generator": only the allow-listed names (never a path from the network); a chosen
+    pair loads through the loader inside the draw gate; a pair that cannot load is the loader's one-line 400."""
+    loaded = []
+
+    def loader(model, generator):
+        loaded.append((model, generator))
+        if model == "t2i-imagenet" and generator is None:
+            raise UserError("the resolver in t2i-imagenet has no generator of its own; pass --generator ...")
+        return pipelines[0]
+
+    choices = srv.DrawChoices(loader=loader)
+    assert choices.models == ["t2i-fashion", "t2i-imagenet"]
+    assert choices.generators == ["biggan-deep-128", "biggan-deep-256", "biggan-deep-512"]
+    with srv.running(srv.build_app(pipelines[0], None, LIMITS, choices)) as url:
+        def draw(**extra):
+            return requests.post(f"{url}/api/draw", json={"text": "a red shirt", "n": 1, "seed": 3, **extra},
+                                 timeout=60)
+
+        for bad in ({"model": "/etc/passwd"}, {"model": "../t2i"}, {"generator": "/tmp/gen"},
+                    {"generator": "biggan-deep-64"}, {"model": 3}, {"generator": ["biggan-deep-128"]}):
+            r = draw(**bad)
+            assert r.status_code == 400 and set(r.json()) == {"error"}, (bad, r.text)
+        assert loaded == []  # nothing was loaded for a refused name
+        assert "choose one of t2i-fashion, t2i-imagenet" in draw(model="x").json()["error"]
+        own = draw(model="t2i-fashion")  # the server's own pair: its loaded pipeline, no load
+        assert own.status_code == 200 and loaded == []
+        r = draw(model="t2i-imagenet", generator="biggan-deep-256")
+        assert r.status_code == 200, r.text
+        assert len(r.json()["classes"]) == 5 and loaded == [("t2i-imagenet", "biggan-deep-256")]
+        r = draw(model="t2i-imagenet")
+        assert r.status_code == 400 and r.json()["error"].startswith("the resolver in t2i-imagenet has no generator")
+        health = requests.get(f"{url}/api/health", timeout=10).json()
+        assert health["models"] == choices.models and health["generators"] == choices.generators
+        config = requests.get(f"{url}/config", timeout=10).text  # the Draw tab has both pickers
+        assert '"draw-model"' in config and '"draw-generator"' in config
+    with srv.running(srv.build_app(pipelines[0], None, LIMITS)) as url:  # no choices: only the server's own model
+        r = requests.post(f"{url}/api/draw", json={"text": "a red shirt", "model": "t2i-fashion"}, timeout=60)
+        assert r.status_code == 400 and "one model only" in r.json()["error"]
+        assert requests.get(f"{url}/api/health", timeout=10).json()["models"] == []
+
+
+def test_draw_choices_keep_the_servers_own_pair():
+    choices = srv.DrawChoices(model="runs/resolver", generator="/models/biggan-128")
+    assert choices.models == ["runs/resolver", "t2i-fashion", "t2i-imagenet"]  # the operator's own, by its spec
+    assert choices.generators[0] == "/models/biggan-128"
+    assert choices.resolve(None, None) is None and choices.resolve("runs/resolver", None) is None
+    assert choices.resolve(None, "biggan-deep-512") == ("runs/resolver", "biggan-deep-512")
+    assert choices.resolve("t2i-fashion", None) == ("t2i-fashion", None)
+    with pytest.raises(srv.ApiError, match="unknown generator"):
+        choices.resolve("t2i-imagenet", "/models/other")

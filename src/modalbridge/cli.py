@@ -393,13 +393,18 @@ def serve_cmd(
     model_caption: Annotated[
         str | None, typer.Option("--model-caption", help="image -> text model (name or path); default: embedded.")
     ] = None,
+    generator: Annotated[
+        str | None, typer.Option("--generator", help="generator for --model-t2i: biggan-deep-128|256|512 or DIR "
+                                 "(required for t2i-imagenet); default: the model's own.")
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Model calls running at once, per model.")] = 1,
     queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait, per model (then 503).")] = 64,
 ):
     """Web demo (Draw and Caption tabs) and JSON API (POST /api/draw, /api/caption); models load once at start."""
     from modalbridge.app.server import Limits, serve
 
-    serve(host, port, model_t2i, model_caption, Limits(workers=workers, queue=queue), echo=typer.echo)
+    serve(host, port, model_t2i, model_caption, Limits(workers=workers, queue=queue), echo=typer.echo,
+          generator=generator)
 
 
 

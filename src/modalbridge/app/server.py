@@ -2,7 +2,8 @@
 
 Routes (the Gradio UI is mounted at ``/``; Gradio's own endpoints live under ``/gradio_api``):
     GET  /api/health   -> {"ok": true, "draw": bool, "caption": bool, "limits": {...}}
-    POST /api/draw     JSON {"text", "n", "seed", "truncation"} -> {"images": [base64 PNG], "classes": [...]}
+    POST /api/draw     JSON {"text", "n", "seed", "truncation", "model", "generator"}
+                       -> {"images": [base64 PNG], "classes": [...]}; model/generator: names from ``DrawChoices``
     POST /api/caption  multipart field ``image`` (+ optional ``beam``) -> {"caption", "logprob"}
 Every error is JSON ``{"error": "..."}``: 4xx for bad input, 503 when the queue is full, 500 (no traceback) otherwise.
 
@@ -134,9 +135,9 @@ def check_draw_args(payload: Any, limits: Limits) -> dict:
     """The JSON body of /api/draw -> keyword arguments for ``Pipeline.draw`` (only those the client gave)."""
     if not isinstance(payload, dict):
         raise ApiError(400, 'the body must be a JSON object like {"text": "a red bird", "n": 2}')
-    unknown = sorted(set(payload) - {"text", "n", "seed", "truncation"})
+    unknown = sorted(set(payload) - {"text", "n", "seed", "truncation", "model", "generator"})
     if unknown:
-        raise ApiError(400, f"unknown field '{unknown[0]}'; fields are text, n, seed, truncation")
+        raise ApiError(400, f"unknown field '{unknown[0]}'; fields are text, n, seed, truncation, model, generator")
     text = payload.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "'text' must be a non-empty string")
@@ -154,7 +155,63 @@ def check_draw_args(payload: Any, limits: Limits) -> dict:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
             raise ApiError(400, f"'truncation' must be a number in (0, 1], got {t!r}")
         args["truncation"] = float(t)
+    for key in ("model", "generator"):  # names only: DrawChoices checks them against its allow-list
+        value = payload.get(key)
+        if value is not None and value != "":
+            if not isinstance(value, str) or len(value) > 200:
+                raise ApiError(400, f"'{key}' must be a name such as 't2i-fashion' or 'biggan-deep-128'")
+            args[key] = value
     return args
+
+
+DRAW_MODELS = ("t2i-fashion", "t2i-imagenet")  # text -> class models a client may pick (embedded names)
+DRAW_GENERATORS = ("biggan-deep-128", "biggan-deep-256", "biggan-deep-512")  # generators a client may pick
+
+
+@dataclass
+class DrawChoices:
+    """Which (model, generator) pairs /api/draw and the Draw tab may ask for: the names in ``DRAW_MODELS`` and
+    ``DRAW_GENERATORS`` plus what the server was started with. Never a path from the network: a client's value is
+    used only when it equals one of these names. A chosen pair is loaded on first use (``load_pipeline`` keeps a
+    few loaded) inside the draw gate; a pair that cannot load (e.g. a resolver without a generator, hub weights not
+    in the cache offline) is the loader's one-line ``UserError``, i.e. a 400.
+    """
+
+    model: str | None = None  # the server's --model-t2i (None: the default of draw)
+    generator: str | None = None  # the server's --generator (None: the model's own)
+    loader: Callable[[str, str | None], Any] | None = None  # (model, generator) -> pipeline; default load_pipeline
+
+    @property
+    def models(self) -> list[str]:
+        from modalbridge.t2i.classify import DEFAULT_MODEL
+
+        return list(dict.fromkeys([self.model or DEFAULT_MODEL, *DRAW_MODELS]))
+
+    @property
+    def generators(self) -> list[str]:
+        return list(dict.fromkeys([*([self.generator] if self.generator else []), *DRAW_GENERATORS]))
+
+    def resolve(self, model: str | None, generator: str | None) -> tuple[str, str | None] | None:
+        """A client's choice -> the (model, generator) to load, or None for the server's own pipeline."""
+        if model is not None and model not in self.models:
+            raise ApiError(400, f"unknown model '{model}'; choose one of {', '.join(self.models)}")
+        if generator is not None and generator not in self.generators:
+            raise ApiError(400, f"unknown generator '{generator}'; choose one of {', '.join(self.generators)} "
+                                "(or none: the model's own)")
+        own = self.models[0]
+        model = model or own
+        if generator is None and model == own:
+            generator = self.generator  # the server's own pair, unless another generator was asked for
+        if model == own and generator == self.generator:
+            return None
+        return model, generator
+
+    def load(self, model: str, generator: str | None) -> Any:
+        if self.loader is not None:
+            return self.loader(model, generator)
+        from modalbridge.t2i.pipeline import load_pipeline
+
+        return load_pipeline(model, generator)
 
 
 def check_image(data: bytes, limits: Limits) -> None:
@@ -185,22 +242,35 @@ def png_base64(image: Image.Image) -> str:
 class Services:
     """The loaded pipelines, their gates and limits; both the JSON API and the UI call these methods."""
 
-    def __init__(self, drawer: Any | None, captioner: Any | None, limits: Limits | None = None):
+    def __init__(self, drawer: Any | None, captioner: Any | None, limits: Limits | None = None,
+                 choices: DrawChoices | None = None):
         self.drawer, self.captioner, self.limits = drawer, captioner, limits or Limits()
+        self.choices = choices  # None: only the server's own text -> image pipeline
         lim = self.limits
         self.draw_gate = Gate("draw", lim.workers, lim.queue, lim.queue_timeout)
         self.caption_gate = Gate("caption", lim.workers, lim.queue, lim.queue_timeout)
 
     async def draw(self, args: dict, slideshow: bool = False) -> tuple[Any, list | None]:
-        """``Pipeline.draw(**args)`` and, with ``slideshow``, ``Pipeline.per_token`` (same seed and truncation)."""
-        if self.drawer is None:
+        """``Pipeline.draw(**args)`` and, with ``slideshow``, ``Pipeline.per_token`` (same seed and truncation).
+
+        ``args`` may name a ``model`` and ``generator`` (see ``DrawChoices``); omitted, the server's own pipeline.
+        """
+        args = dict(args)
+        model, generator = args.pop("model", None), args.pop("generator", None)
+        pair = None
+        if model is not None or generator is not None:
+            if self.choices is None:
+                raise ApiError(400, "this server draws with one model only; leave out 'model' and 'generator'")
+            pair = self.choices.resolve(model, generator)
+        if pair is None and self.drawer is None:
             raise ApiError(503, "no text -> image model is loaded in this server")
 
         def work():
-            drawing = self.drawer.draw(**args)
+            drawer = self.drawer if pair is None else self.choices.load(*pair)
+            drawing = drawer.draw(**args)
             if not slideshow:
                 return drawing, None
-            return drawing, self.drawer.per_token(drawing.text, seed=drawing.seed, truncation=drawing.truncation)
+            return drawing, drawer.per_token(drawing.text, seed=drawing.seed, truncation=drawing.truncation)
 
         return await self.draw_gate.run(work)
 
@@ -311,7 +381,9 @@ def add_api(app: FastAPI, services: Services) -> None:
 
     @app.get("/api/health")
     async def health():
+        choices = services.choices
         return {"ok": True, "draw": services.drawer is not None, "caption": services.captioner is not None,
+                "models": choices.models if choices else [], "generators": choices.generators if choices else [],
                 "limits": asdict(lim)}
 
     async def draw(request: Request) -> dict:
@@ -500,11 +572,13 @@ class UploadGuard:
 
 
 # ---------------------------------------------------------------------------------------------------- app
-def build_app(drawer: Any | None, captioner: Any | None, limits: Limits | None = None) -> FastAPI:
-    """The FastAPI app: JSON API under /api, the Gradio UI at /. Pipelines are loaded by the caller, once."""
+def build_app(drawer: Any | None, captioner: Any | None, limits: Limits | None = None,
+              choices: DrawChoices | None = None) -> FastAPI:
+    """The FastAPI app: JSON API under /api, the Gradio UI at /. Pipelines are loaded by the caller, once;
+    ``choices`` lets clients pick other allow-listed text -> image models and generators (None: only ``drawer``)."""
     from modalbridge.app.ui import build_ui
 
-    services = Services(drawer, captioner, limits)
+    services = Services(drawer, captioner, limits, choices)
     app = FastAPI(title="modalbridge", docs_url=None, redoc_url=None, openapi_url=None)
     add_api(app, services)
     app.state.services = services
@@ -516,12 +590,13 @@ def build_app(drawer: Any | None, captioner: Any | None, limits: Limits | None =
     return app
 
 
-def load_services(model_t2i: str | None = None, model_caption: str | None = None) -> tuple[Any, Any]:
-    """Load both pipelines once (None = the embedded offline defaults)."""
+def load_services(model_t2i: str | None = None, model_caption: str | None = None,
+                  generator: str | None = None) -> tuple[Any, Any]:
+    """Load both pipelines once (None = the embedded offline defaults; ``generator``: for the text -> image model)."""
     from modalbridge.captioning.pipeline import load_captioner
     from modalbridge.t2i.pipeline import load_pipeline
 
-    return load_pipeline(model_t2i), load_captioner(model_caption)
+    return load_pipeline(model_t2i, generator), load_captioner(model_caption)
 
 
 @contextlib.contextmanager
@@ -578,13 +653,18 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[st
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, model_t2i: str | None = None,
-          model_caption: str | None = None, limits: Limits | None = None, echo: Callable[[str], None] = print) -> None:
-    """Load both models, then serve the UI and the API until interrupted (Ctrl-C)."""
+          model_caption: str | None = None, limits: Limits | None = None, echo: Callable[[str], None] = print,
+          generator: str | None = None) -> None:
+    """Load both models, then serve the UI and the API until interrupted (Ctrl-C).
+
+    ``generator``: for ``model_t2i`` (required for a resolver such as ``t2i-imagenet``). Clients may pick the other
+    names of ``DrawChoices`` too; those load on first use.
+    """
     sock = bind(host, port)  # fail fast on a busy port, before the slow model loads
     port = sock.getsockname()[1]  # the real one when port 0 asked for any free port
-    drawer, captioner = load_services(model_t2i, model_caption)
+    drawer, captioner = load_services(model_t2i, model_caption, generator)
     with private_upload_dir():
-        app = build_app(drawer, captioner, limits)
+        app = build_app(drawer, captioner, limits, DrawChoices(model_t2i, generator))
         server = _server(app, sock)
         echo(f"serving on http://{host}:{port}  (UI at /, API at /api/draw and /api/caption; Ctrl-C stops)")
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, restores the previous handlers and re-raises the signal.

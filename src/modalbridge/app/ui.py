@@ -1,5 +1,8 @@
 """The Gradio UI of ``modalbridge serve``: a Draw tab and a Caption tab over the server's ``Services``.
 
+The Draw tab shows the top-5 classes of the text and, when the server offers ``DrawChoices``, lets the user pick the
+text -> class model and the generator from the server's allow-list (a pair that cannot load is an error toast).
+
 Both tabs call the same ``Services`` methods as the JSON API, so they share its gates (bounded queues) and limits.
 Uploads: Gradio writes each one into its upload folder (``serve`` makes that a private temp dir); the Caption tab
 reads it into memory (a per-session ``gr.State``), deletes the file at once, and sends everything derived from it
@@ -106,10 +109,13 @@ def build_ui(services: Services) -> gr.Blocks:
     """The two tabs over ``services``; no model is touched while the page is built."""
     lim = services.limits
 
+    choices = services.choices
+
     @_ui_errors
-    async def ui_draw(text, n, seed, truncation, slideshow):
+    async def ui_draw(text, n, seed, truncation, slideshow, model=None, generator=None):
         args = check_draw_args({"text": text or "", "n": int(n), "seed": (seed or "").strip() or None,
-                                "truncation": float(truncation)}, lim)
+                                "truncation": float(truncation), "model": model or None,
+                                "generator": generator or None}, lim)
         drawing, frames = await services.draw(args, slideshow=bool(slideshow))
         return await anyio.to_thread.run_sync(drawing_outputs, drawing, frames)
 
@@ -145,12 +151,20 @@ def build_ui(services: Services) -> gr.Blocks:
                     truncation = gr.Slider(0.02, 1.0, value=0.5, step=0.02, label="Truncation (lower: more typical)",
                                            elem_id="draw-truncation")
                     slideshow = gr.Checkbox(label="Per-token slideshow (GIF)", elem_id="draw-slideshow")
+                    pickers = []
+                    if choices is not None:  # names only (the server's allow-list); a bad pair -> an error toast
+                        pickers = [
+                            gr.Dropdown(choices.models, value=choices.models[0], label="Text -> class model",
+                                        elem_id="draw-model"),
+                            gr.Dropdown([("the model's own", ""), *choices.generators], value=choices.generator or "",
+                                        label="Generator (required for t2i-imagenet)", elem_id="draw-generator"),
+                        ]
                     draw_btn = gr.Button("Draw", variant="primary", elem_id="draw-button")
                 with gr.Column(scale=2):
                     gallery = gr.Gallery(label="Images", columns=4, height="auto", elem_id="draw-images")
                     classes = gr.Label(label="Top-5 classes", num_top_classes=5, elem_id="draw-classes")
                     gif = gr.HTML(elem_id="draw-gif")
-            inputs, outputs = [text, n, seed, truncation, slideshow], [gallery, classes, gif]
+            inputs, outputs = [text, n, seed, truncation, slideshow, *pickers], [gallery, classes, gif]
             draw_btn.click(ui_draw, inputs, outputs, api_visibility="private")
             text.submit(ui_draw, inputs, outputs, api_visibility="private")
         with gr.Tab("Caption"):
