@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--judge", type=Path, default=ROOT / "eval" / "fashion-judges" / "cnn")
     ap.add_argument("--n-per-class", type=int, default=300)
     ap.add_argument("--n-real-per-class", type=int, default=1000)
+    ap.add_argument("--also", type=Path, nargs="*", default=[], help="more candidate model dirs (e.g. the warm start)")
     ap.add_argument("--install", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -47,7 +48,7 @@ def main() -> None:
     xs, ys = fashion_mnist.load("train")
     idx = np.concatenate([np.flatnonzero(ys == c)[: args.n_real_per_class] for c in range(int(ys.max()) + 1)])
     real_feats, _ = judge.embed(to_model_range(xs[idx]))  # the first n of each class
-    cands = sorted((args.run_dir / "snapshots").glob("step*")) + [args.run_dir / "model"]
+    cands = sorted((args.run_dir / "snapshots").glob("step*")) + [args.run_dir / "model"] + list(args.also)
     scores = {}
     for d in cands:
         if not (d / checkpoint.CONFIG_NAME).is_file():
@@ -56,14 +57,17 @@ def main() -> None:
         k = g.config.num_classes
         labels = torch.arange(k).repeat_interleave(args.n_per_class)
         feats, pred = judge.embed(sample(g, labels, truncation=1.0, seed=0))
-        scores[d.name] = {"fd": frechet_distance_features(feats, real_feats),
+        scores[str(d) if d in args.also else d.name] = {"fd": frechet_distance_features(feats, real_feats),
                           "accuracy": float((pred == labels).float().mean()),
                           "steps": checkpoint.read_meta(d).get("extra", {}).get("generator_steps")}
-        print(f"{d.name}: steps {scores[d.name]['steps']}  FD {scores[d.name]['fd']:.3f}  "
-              f"acc {scores[d.name]['accuracy']:.3f}", flush=True)
+        name = str(d) if d in args.also else d.name
+        print(f"{name}: steps {scores[name]['steps']}  FD {scores[name]['fd']:.3f}  "
+              f"acc {scores[name]['accuracy']:.3f}", flush=True)
     best = min(scores, key=lambda n: scores[n]["fd"])
     print(f"best: {best} {scores[best]}")
     if args.install:
+        if Path(best) in args.also:
+            raise SystemExit(f"the best candidate is {best}, not a snapshot of this run: nothing installed")
         src = args.run_dir / ("model" if best == "model" else f"snapshots/{best}")
         tmp = args.install.with_name(args.install.name + ".new")
         shutil.rmtree(tmp, ignore_errors=True)
