@@ -57,7 +57,7 @@ def main() -> None:
             a = time.perf_counter()
             enc = pipe.encoder.encode([text])
             b = time.perf_counter()
-            out = pipe.mapper(enc.hidden, enc.mask)
+            out = pipe.classifier.model(enc.hidden, enc.mask)
             c = time.perf_counter()
             z = truncated_noise(4, pipe.z_dim, 0.5, r)
             pipe.generator(z, out.embedding.expand(4, -1), 0.5)

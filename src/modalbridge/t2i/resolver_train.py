@@ -136,6 +136,12 @@ def train_resolver(model: ClassResolver, feats, rows: list[dict], vocab: Vocabul
     return {"history": history}
 
 
+def interpolate_weights(init: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float
+                        ) -> dict[str, torch.Tensor]:
+    """WiSE-FT: ``(1 - alpha) * init + alpha * tuned`` for float tensors (alpha 0 = zero-shot, 1 = fine-tuned)."""
+    return {k: (1 - alpha) * init[k] + alpha * v if v.is_floating_point() else v for k, v in tuned.items()}
+
+
 @torch.no_grad()
 def split_accuracy(model: ClassResolver, feats, rows: list[dict], vocab: Vocabulary, split: str,
                    batch_size: int = 512) -> dict[str, float]:
