@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from modalbridge.app import server as srv
+from modalbridge.errors import UserError
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -48,7 +49,13 @@ class Recording:
 @pytest.fixture(scope="module")
 def served(pipelines):
     limits = srv.Limits(max_images=4, max_beam=5)
-    app = srv.build_app(pipelines[0], Recording(pipelines[1]), limits)
+
+    def loader(model, generator):  # stands in for load_pipeline: t2i-imagenet needs a generator
+        if generator is None:
+            raise UserError(f"the resolver in {model} has no generator of its own; pass --generator ...")
+        return pipelines[0]
+
+    app = srv.build_app(pipelines[0], Recording(pipelines[1]), limits, srv.DrawChoices(loader=loader))
     with srv.private_upload_dir() as upload_dir, srv.running(app) as url:
         yield url, upload_dir, app.state.services.captioner
 
@@ -113,6 +120,11 @@ def test_draw_tab_shows_images_and_top5_classes(page, pipelines):
     frames = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
     assert frames.n_frames == 3
     page.screenshot(path=str(ARTIFACTS / "app-draw.png"), full_page=True)
+    # Another model without a generator: a readable error toast, not a crash.
+    page.locator("#draw-model input").click()
+    page.get_by_role("option", name="t2i-imagenet").click()
+    page.locator("#draw-button").click()
+    page.get_by_text("has no generator of its own").first.wait_for()
 
 
 def test_caption_tab_captions_an_upload_and_deletes_it(page, pipelines, served, tmp_path):
