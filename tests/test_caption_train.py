@@ -100,6 +100,16 @@ def test_export_has_vocab_metrics_and_best_cider_checkpoint(trained):
     metrics = json.loads((model_dir / "metrics.json").read_text())
     cider = [float(r["val/CIDEr"]) for r in _metrics(run_dir) if r.get("val/CIDEr")]
     assert metrics["best/val/CIDEr"] == pytest.approx(max(cider), abs=1e-5)
+    # Which epoch each number is from (issue 13): plain keys = last epoch, best/* = best epoch = exported weights,
+    # and weights/val/* are the exported weights' own decoded scores.
+    by_epoch = {int(float(r["epoch"])): r for r in _metrics(run_dir) if r.get("val/CIDEr")}
+    assert metrics["last/epoch"] == max(by_epoch) == 3
+    assert metrics["weights/epoch"] == metrics["best/epoch"]
+    best_row, last_row = by_epoch[metrics["best/epoch"]], by_epoch[metrics["last/epoch"]]
+    assert float(best_row["val/CIDEr"]) == pytest.approx(metrics["best/val/CIDEr"], abs=1e-5)
+    assert float(last_row["val/CIDEr"]) == pytest.approx(metrics["val/CIDEr"], abs=1e-5)
+    for key in ("CIDEr", "BLEU-4", "ROUGE-L"):
+        assert metrics[f"weights/val/{key}"] == pytest.approx(float(best_row[f"val/{key}"]), abs=1e-5)
     # The feature cache was written once per image list (train, val) and is reused.
     assert len([p for p in cache.iterdir() if (p / "meta.json").is_file()]) == 2
 

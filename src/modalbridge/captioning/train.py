@@ -14,7 +14,7 @@
    :func:`modalbridge.metrics.score` without METEOR, logged as ``val/CIDEr``, ``val/BLEU-4``, ``val/ROUGE-L``;
    ``checkpoint.monitor: val/CIDEr`` (mode max) keeps the best model;
 6. export ``run_dir/model``: ``config.json`` (decoder config incl. encoder and LM names and dims),
-   ``model.safetensors``, ``vocab.json``, ``metrics.json``.
+   ``model.safetensors``, ``vocab.json``, ``metrics.json`` (which epoch each number is from: ``CaptionTask.export``).
 
 Which decoder: ``model.arch`` names an entry of :data:`~modalbridge.captioning.sat.DECODERS`; ``model.params`` are
 fields of its config class (dims, dropout, ``lm`` for ClipCap, ...). Fields that follow from the data (vocabulary
@@ -292,6 +292,13 @@ class CaptionTask(Task):
         return score(refs, hyps, lang=d.lang, meteor=False, tokenizer=d.val_tokenizer)
 
     def export(self, module, path: Path, metrics: dict, run_config: dict) -> Path:
+        """Write the model directory. ``metrics.json`` gets, besides the engine's keys (plain = the last epoch,
+        ``last/epoch``; ``best/<monitor>`` at ``best/epoch``; ``weights/epoch``), the exported weights' own decoded
+        scores ``weights/val/CIDEr``, ``weights/val/BLEU-4``, ``weights/val/ROUGE-L`` (same images and decoding as
+        ``val/CIDEr``), so no number is read beside weights from another epoch."""
+        device = next(module.model.parameters()).device
+        scores = self.decode_and_score(module.model, device=device)
+        metrics = {**metrics, **{f"weights/val/{k}": float(scores[k]) for k in ("CIDEr", "BLEU-4", "ROUGE-L")}}
         vocab = self.vocab.to_dict() if self.vocab is not None else {
             "format": "modalbridge.lm-tokenizer/1", "lm": module.model.config.lm}
         extra = {"run_config": run_config, "data": self.cfg.data.data, "task": "caption"}
