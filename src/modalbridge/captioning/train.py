@@ -73,6 +73,10 @@ class CaptionDataConfig:
 class CaptionModelConfig:
     arch: str = "show_attend_tell"  # a registered caption decoder: show_tell, show_attend_tell, clipcap
     params: dict[str, Any] = field(default_factory=dict)  # fields of the decoder's config class
+    # Pretrained word vectors for the word embedding (show_tell, show_attend_tell): a word2vec/GloVe/fastText text
+    # file, or "spacy-md"; embed_dim follows the vectors. "" = random init. Words without a vector start random.
+    word_vectors: str = ""
+    freeze_word_vectors: bool = False  # keep the pretrained embedding fixed (words without a vector stay random)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -203,6 +207,7 @@ class CaptionTask(Task):
         d, m = self.cfg.data, self.cfg.model
         self.decoding = _val_decoding(d)  # bad decoding options fail before any feature extraction
         cls = DECODERS.get_entry(m.arch)
+        _check_word_vectors(m, cls)  # so does a missing vectors file
         records = _records(d.data)
         train_recs = _split(records, d.train_split, d.max_train_images)
         # Validation needs features for the val/loss images and the val/CIDEr images (prefixes of the split).
@@ -254,8 +259,38 @@ class CaptionTask(Task):
             self.vocab = Vocab.build(train_captions, min_freq=d.min_freq, max_size=d.max_vocab, lower=d.lower)
         v = self.vocab
         derived.update(vocab_size=len(v), pad_id=v.pad_id, bos_id=v.bos_id, eos_id=v.eos_id)
+        matrix = self._word_vectors(params)
+        if matrix is not None:
+            derived["embed_dim"] = matrix.shape[1]
         config = from_dict(cls.config_class, {**params, **derived}, prefix="model.params.")
-        return cls(config)
+        model = cls(config)
+        if matrix is not None:
+            with torch.no_grad():
+                model.embed.weight.copy_(matrix)
+            model.embed.weight.requires_grad_(not self.cfg.model.freeze_word_vectors)
+        return model
+
+    def _word_vectors(self, params: dict) -> torch.Tensor | None:
+        """``model.word_vectors`` -> the embedding matrix ``(V, E)`` (None when unset); ``word_vectors_found`` records
+        how many vocabulary words got a pretrained vector."""
+        from modalbridge.captioning.vocab import SPECIALS, load_word_vectors
+
+        m = self.cfg.model
+        self.word_vectors_found = None
+        _check_word_vectors(m, type(self))
+        if not m.word_vectors.strip():
+            return None
+        try:
+            matrix, found = self.vocab.embedding_matrix(load_word_vectors(m.word_vectors, self.vocab),
+                                                        seed=self.cfg.seed)
+        except UserError as e:
+            raise UserError(f"model.word_vectors={m.word_vectors}: {e}") from None
+        if "embed_dim" in params and int(params["embed_dim"]) != matrix.shape[1]:
+            raise UserError(f"model.params.embed_dim={params['embed_dim']} but model.word_vectors has "
+                            f"{matrix.shape[1]}-d vectors; set model.params.embed_dim={matrix.shape[1]} "
+                            "(or leave it out)")
+        self.word_vectors_found = (found, len(self.vocab) - len(SPECIALS))
+        return matrix
 
     def _make_split(self, records: list, feats: torch.Tensor) -> Split:
         pairs = [(i, self.text.encode(c)) for i, r in enumerate(records) for c in r.captions]
@@ -302,7 +337,27 @@ class CaptionTask(Task):
         vocab = self.vocab.to_dict() if self.vocab is not None else {
             "format": "modalbridge.lm-tokenizer/1", "lm": module.model.config.lm}
         extra = {"run_config": run_config, "data": self.cfg.data.data, "task": "caption"}
+        found = getattr(self, "word_vectors_found", None)
+        if found is not None:
+            m = self.cfg.model
+            extra["word_vectors"] = {"source": m.word_vectors, "frozen": m.freeze_word_vectors,
+                                     "words_with_vectors": found[0], "words": found[1]}
         return ckpt.save(module.model, path, vocab=vocab, metrics=metrics, extra=extra)
+
+
+def _check_word_vectors(m: CaptionModelConfig, cls) -> None:
+    from modalbridge.captioning.vocab import SPACY_MD
+
+    spec = m.word_vectors.strip()
+    if not spec:
+        if m.freeze_word_vectors:
+            raise UserError("model.freeze_word_vectors needs model.word_vectors (a vectors file or spacy-md)")
+        return
+    if getattr(cls, "model_type", "") == "clipcap":
+        raise UserError("model.word_vectors is for word decoders (show_tell, show_attend_tell); ClipCap embeds with "
+                        "its language model")
+    if spec.lower() != SPACY_MD and not Path(spec).expanduser().is_file():
+        raise UserError(f"model.word_vectors: no such file {spec} (a word2vec/GloVe/fastText text file, or spacy-md)")
 
 
 def _val_decoding(d: CaptionDataConfig):
