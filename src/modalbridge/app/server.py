@@ -4,7 +4,8 @@ Routes (the Gradio UI is mounted at ``/``; Gradio's own endpoints live under ``/
     GET  /api/health   -> {"ok": true, "draw": bool, "caption": bool, "limits": {...}}
     POST /api/draw     JSON {"text", "n", "seed", "truncation", "model", "generator"}
                        -> {"images": [base64 PNG], "classes": [...]}; model/generator: names from ``DrawChoices``
-    POST /api/caption  multipart field ``image`` (+ optional ``beam``) -> {"caption", "logprob"}
+    POST /api/caption  multipart field ``image`` (+ optional ``beam``, ``length_penalty``, ``top_p``, ``temperature``)
+                       -> {"caption", "logprob"}
 Every error is JSON ``{"error": "..."}``: 4xx for bad input, 503 when the queue is full, 500 (no traceback) otherwise.
 
 Limits (``Limits``): request body and upload bytes, image pixels (checked from the header, before decoding),
@@ -274,12 +275,14 @@ class Services:
 
         return await self.draw_gate.run(work)
 
-    async def caption(self, data: bytes, beam: int | None = None) -> tuple[Image.Image, dict]:
-        """Caption uploaded bytes: caps checked here, decoding and the model in a worker thread (off the loop)."""
+    async def caption(self, data: bytes, beam: int | None = None, **decoding) -> tuple[Image.Image, dict]:
+        """Caption uploaded bytes: caps checked here, decoding and the model in a worker thread (off the loop).
+        ``decoding``: optional ``length_penalty``, ``top_p``, ``temperature`` (see ``Captioner.caption``)."""
         if self.captioner is None:
             raise ApiError(503, "no image -> text model is loaded in this server")
         check_image(data, self.limits)
         kwargs = {} if beam is None else {"beam": beam}
+        kwargs.update({k: v for k, v in decoding.items() if v is not None})
 
         def work():
             image = load_image(data, max_pixels=self.limits.max_pixels, name="the upload")
@@ -405,7 +408,18 @@ def add_api(app: FastAPI, services: Services) -> None:
             raise ApiError(400, "missing the file field 'image'")
         beam = parts.get("beam", (None, b""))[1].decode("utf-8", "replace").strip() or None
         beam = _int({"beam": beam}, "beam", None, 1, lim.max_beam)
-        _, result = await services.caption(parts["image"][1], beam)
+        decoding = {}  # optional fields, as `caption --length-penalty/--top-p/--temperature`; checked before the gate
+        for key in ("length_penalty", "top_p", "temperature"):
+            raw = parts.get(key, (None, b""))[1].decode("utf-8", "replace").strip()
+            if raw:
+                try:
+                    decoding[key] = float(raw)
+                except ValueError:
+                    raise ApiError(400, f"'{key}' must be a number, got {raw[:40]!r}") from None
+        from modalbridge.captioning.pipeline import check_decoding
+
+        check_decoding(beam, **decoding)  # UserError: a 400 naming the option
+        _, result = await services.caption(parts["image"][1], beam, **decoding)
         return {"caption": str(result["caption"]), "logprob": float(result["logprob"])}
 
     @app.post("/api/draw")
