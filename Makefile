@@ -5,7 +5,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test demo lint bench clean t2i-imagenet
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,10 @@ test: setup
 
 demo: setup
 	$(PY) scripts/demo.py
+
+# Reproduce the embedded t2i-imagenet resolver from offline data (prepare -> MiniLM states -> train -> judge).
+t2i-imagenet: setup
+	$(PY) scripts/train_resolver.py
 
 lint: setup
 	$(PY) -m ruff check src tests bench scripts

@@ -88,6 +88,27 @@ def t2i_demo(out: Path) -> None:
     print(f"  summary: {draw_dir / 'drawings.json'}   [{time.perf_counter() - t0:.1f} s]")
 
 
+IMAGENET_PROMPTS = ["I love my cat", "a passenger jet taking off from the runway", "a dog and a cat on a sofa",
+                    "the yellow vehicle that takes children to school", "a black and white bear chewing bamboo"]
+
+
+def classify_demo(out: Path) -> None:
+    """text -> ImageNet classes with the embedded resolver (no generator: BigGAN weights are not shipped)."""
+    from modalbridge import assets
+    from modalbridge.checkpoint import write_json
+    from modalbridge.t2i.classify import load_classifier
+
+    if assets.embedded("t2i-imagenet") is None:
+        print("  skipped: t2i-imagenet is not shipped in this install")
+        return
+    records = load_classifier("t2i-imagenet").classify_many(IMAGENET_PROMPTS)
+    for r in records:
+        objects = "".join(f"; {o['text']!r} -> {o['classes'][0]['label']}" for o in r["objects"])
+        print(f"  {r['text']!r} -> {r['classes'][0]['label']} ({r['classes'][0]['score']:.2f}){objects}")
+    write_json(out / "classify.json", records)
+    print(f"  summary: {out / 'classify.json'}  (draw them with --generator biggan-deep-128|256|512 or a directory)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "outputs" / "demo"))
@@ -105,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     print("text -> image (default text -> image model):")
     t2i_demo(out)
+    print("text -> ImageNet classes (t2i-imagenet):")
+    classify_demo(out)
     print(f"all demo outputs: {out}")
     return status
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_model
 from modalbridge import __version__
 from modalbridge.config import from_dict, to_dict
 from modalbridge.errors import UserError, read_json
+from modalbridge.files import atomic_write_bytes, atomic_write_text, write_json  # noqa: F401 - re-exported
 from modalbridge.registry import MODELS
 
 CONFIG_NAME = "config.json"
@@ -28,28 +29,6 @@ WEIGHTS_NAME = "model.safetensors"
 VOCAB_NAME = "vocab.json"
 METRICS_NAME = "metrics.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def save(

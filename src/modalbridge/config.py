@@ -178,6 +178,6 @@ def _all_defaulted(cls: type) -> bool:
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
     """Write a resolved config atomically."""
-    from modalbridge.checkpoint import atomic_write_text
+    from modalbridge.files import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

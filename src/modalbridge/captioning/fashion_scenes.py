@@ -250,7 +250,7 @@ def generate(
     Returns:
         ``out_dir``.
     """
-    from modalbridge.checkpoint import atomic_write_bytes, atomic_write_text, write_json
+    from modalbridge.files import atomic_write_bytes, atomic_write_text, write_json
 
     out = Path(out_dir)
     manifest = {"format": FORMAT_VERSION, "seed": seed, "canvas": canvas,

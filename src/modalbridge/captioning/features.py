@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from modalbridge.checkpoint import write_json
 from modalbridge.errors import UserError
+from modalbridge.files import write_json
 
 CACHE_FORMAT = "modalbridge.features/1"
 

@@ -408,7 +408,7 @@ def attention_overlay(image: Image.Image, word: str, attention, size: int = 256)
 
 def save_attention_maps(image: Image.Image, words: list[str], attention, out_dir: str | Path, stem: str) -> list[Path]:
     """Write ``<out_dir>/<stem>_<NN>_<word>.png`` per word; returns the paths."""
-    from modalbridge.checkpoint import atomic_write_bytes
+    from modalbridge.files import atomic_write_bytes
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

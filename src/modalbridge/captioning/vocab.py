@@ -190,7 +190,7 @@ class Vocab:
         return cls(itos[len(SPECIALS) :], lower=bool(data.get("lower", True)), min_freq=int(data.get("min_freq", 1)))
 
     def save(self, path: str | Path) -> Path:
-        from modalbridge.checkpoint import write_json
+        from modalbridge.files import write_json
 
         write_json(Path(path), self.to_dict())
         return Path(path)

@@ -203,6 +203,6 @@ def topk_hits(scores: torch.Tensor, accepted: list[set[int]]) -> dict[str, float
 
 
 def save_json(path: Path, obj) -> None:
-    from modalbridge.checkpoint import write_json
+    from modalbridge.files import write_json
 
     write_json(path, json.loads(json.dumps(obj)))

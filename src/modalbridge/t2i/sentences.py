@@ -596,7 +596,7 @@ def prepare(
     if out.is_dir():
         # A previous output: swap the three files one by one (meta.json last) and keep anything else there,
         # such as the feature cache that ``extract`` puts under <out>/features (keyed by the content hash).
-        from modalbridge.checkpoint import atomic_write_bytes  # imports torch: only here
+        from modalbridge.files import atomic_write_bytes
 
         for name, data in files:
             atomic_write_bytes(out / name, data)

@@ -313,7 +313,7 @@ class Vocabulary:
         return json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
 
     def save(self, path: str | Path) -> Path:
-        from modalbridge.checkpoint import atomic_write_text
+        from modalbridge.files import atomic_write_text
 
         atomic_write_text(Path(path), self.to_json())
         return Path(path)
