@@ -275,11 +275,21 @@ class _warnings_to_stderr:
 
 # ------------------------------------------------------------------------------------ image -> text
 def _quiet_hf() -> None:
-    """Keep stdout/stderr to our own lines: no Hugging Face loading bars or info warnings."""
-    from transformers.utils import logging as hf_logging
+    """Keep stdout/stderr to our own lines: no Hugging Face loading bars or info warnings.
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    Importing transformers costs seconds and the default captioner does not need it, so this only sets the
+    variables it (and huggingface_hub) read at import; a model that needs transformers imports it quietly."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (e.g. in tests): set it directly
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    elif "huggingface_hub" in sys.modules:  # it read the variable already
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 _LENGTH_PENALTY = typer.Option(
