@@ -55,7 +55,7 @@ OFFLINE_PACKAGES: dict[str, tuple[Callable[[], Path | None], str]] = {
 
 
 # The models this project trains and ships in src/modalbridge/weights/ (see README, "Offline assets").
-EMBEDDED_DEFAULTS = ("gan-fashion", "t2i-fashion", "caption-fashion", "fashion-classifier")
+EMBEDDED_DEFAULTS = ("gan-fashion", "t2i-fashion", "t2i-imagenet", "caption-fashion", "fashion-classifier")
 
 
 def embedded(name: str) -> Path | None:

@@ -129,7 +129,7 @@ def train_resolver(model: ClassResolver, feats, rows: list[dict], vocab: Vocabul
             loss.backward()
             opt.step()
             sched.step()
-            total += float(out.loss) * len(idx)
+            total += float(out.loss.detach()) * len(idx)
         history.append({"epoch": epoch, "train_loss": total / len(train), "seconds": time.perf_counter() - start})
         log(f"epoch {epoch}: train loss {total / len(train):.4f} ({time.perf_counter() - start:.0f} s)")
     model.eval()
