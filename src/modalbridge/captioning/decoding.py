@@ -11,6 +11,12 @@ Decoder protocol (Show-Attend-Tell LSTM, ClipCap prefix + causal LM, test toys a
         # index: LongTensor (B',) of rows to keep/repeat. Default: ``t.index_select(0, index)`` on every tensor in
         # the dict (non-tensor values are passed through). Implement it when the state holds something else
         # (e.g. a key/value cache object).
+    decoder.static_state = ("feats", "proj")             # optional
+        # names of state tensors that are per image and constant over the steps (image features and their
+        # attention projection). Beam search keeps them at one row per image, (n, ...), while the other tensors
+        # hold K rows per image, (n*K, ...) with rows b*K + k; ``step`` must broadcast the K rows of an image
+        # against its one row (infer K = rows // images). They are selected only when images leave the batch,
+        # never copied per beam or per step.
 
 Notation: B images, K beams, V vocabulary size, P attention positions, T generated tokens.
 
@@ -132,6 +138,10 @@ class Constrained:
         self.stop = sorted({int(i) for i in stop} - {self.eos_id})
         self.banned = sorted(({int(i) for i in suppress} | set(self.stop)) - {self.eos_id})
         self._stop_t = self._banned_t = None
+
+    @property
+    def static_state(self) -> tuple[str, ...]:
+        return tuple(getattr(self.decoder, "static_state", ()))
 
     def init_state(self, memory: Tensor) -> dict:
         return self.decoder.init_state(memory)
@@ -284,6 +294,8 @@ def beam_search(
         raise UserError(f"beam size must be >= 1, got {beam_size}")
     device = memory.device
     state = decoder.init_state(memory)
+    # per-image constants stay at one row per image (n, ...): no per-beam copies (see ``static_state`` above)
+    const = {k: state.pop(k) for k in getattr(decoder, "static_state", ()) if k in state}
     state = reorder(decoder, state, torch.arange(B, device=device).repeat_interleave(K))  # rows b*K + k
     tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)  # (n*K,)
     scores = torch.full((B, K), -math.inf, device=device)  # (n, K) summed log-probs of live beams
@@ -295,7 +307,9 @@ def beam_search(
     has_attn = False
     for t in range(max_len):
         n = len(active)
-        logprobs, state, attn = _step(decoder, tokens, state)  # (n*K, V), (n*K, P) | None
+        logprobs, state, attn = _step(decoder, tokens, {**state, **const})  # (n*K, V), (n*K, P) | None
+        if const:
+            state = {k: v for k, v in state.items() if k not in const}
         V = logprobs.size(1)
         cand = (scores.unsqueeze(-1) + logprobs.view(n, K, V)).view(n, K * V)  # (n, K*V)
         top_v, top_i = cand.topk(min(2 * K, K * V), dim=1)  # (n, 2K), sorted best first
@@ -335,6 +349,8 @@ def beam_search(
         keep_t = torch.tensor(keep, device=device)
         rows = (keep_t[:, None] * K + sel_beam[keep_t]).reshape(-1)  # (n'*K,) parent row of each new beam
         state = reorder(decoder, state, rows)
+        if const and len(keep) < n:
+            const = {k: v.index_select(0, keep_t) for k, v in const.items()}  # (n', ...)
         tokens = sel_tok[keep_t].reshape(-1)
         scores, hist = scores[keep_t], hist[keep_t]
         if has_attn:

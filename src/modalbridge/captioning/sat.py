@@ -177,6 +177,8 @@ class ShowAttendTell(_WordDecoder):
     model_type = "show_attend_tell"
     config_class = SATConfig
     feature = "grid"
+    # Per-image constants of the state: decoding keeps one row per image, not per beam (see ``attend``).
+    static_state = ("feats", "proj")
 
     def __init__(self, config: SATConfig):
         super().__init__()
@@ -206,12 +208,20 @@ class ShowAttendTell(_WordDecoder):
         }
 
     def attend(self, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Soft attention from h_{t-1}: returns the gated context z_t ``(B, C)`` and α_t ``(B, P)``."""
-        e = self.att_score(torch.tanh(state["proj"] + self.att_hidden(state["h"])[:, None])).squeeze(-1)  # (B, P)
-        alpha = torch.softmax(e, dim=-1)  # (B, P)
-        context = torch.bmm(alpha[:, None], state["feats"]).squeeze(1)  # (B, C), Σ_i α_ti a_i (eq. 6, φ = soft)
-        beta = torch.sigmoid(self.gate(state["h"]))  # (B, 1): lets the model emphasise words over the image
-        return beta * context, alpha
+        """Soft attention from h_{t-1}: returns the gated context z_t ``(B, C)`` and α_t ``(B, P)``.
+
+        ``feats``/``proj`` may hold one row per *image* while ``h`` holds K rows per image (beam search keeps
+        ``static_state`` unexpanded): the K rows of an image broadcast against its one copy, so the constant
+        ``(P, C)``/``(P, A)`` tensors are never copied per beam and the context is one (K, P) x (P, C) product."""
+        h, proj, feats = state["h"], state["proj"], state["feats"]
+        G, P, A = proj.shape  # G images
+        K = h.size(0) // G  # rows (beams) per image
+        hid = self.att_hidden(h).view(G, K, 1, A)  # (G, K, 1, A)
+        e = self.att_score(torch.tanh(proj[:, None] + hid)).view(G, K, P)  # (G, K, P)
+        alpha = torch.softmax(e, dim=-1)  # (G, K, P)
+        context = torch.bmm(alpha, feats).view(G * K, -1)  # (B, C), Σ_i α_ti a_i (eq. 6, φ = soft)
+        beta = torch.sigmoid(self.gate(h))  # (B, 1): lets the model emphasise words over the image
+        return beta * context, alpha.view(G * K, P)
 
     def _advance(self, tokens, state):
         emb = self.embed(tokens)  # (B, E)
