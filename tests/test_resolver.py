@@ -192,3 +192,17 @@ def test_draw_with_a_full_size_published_biggan_deep_128(root, tmp_path):
 
     assert Image.open(record["images"][0]).size == (128, 128)
     assert {c["wnid"] for c in record["classes"]} <= set(inet.wnids) and len(record["classes"]) == 5
+
+
+@pytest.mark.slow
+def test_shipped_imagenet_resolver_reads_hand_written_prompts():
+    """The embedded t2i-imagenet on the committed dev prompts (the selection set, so this is a floor, not a claim)."""
+    clf = load_classifier("t2i-imagenet")
+    rows = R.read_prompts(Path(__file__).parent / "data" / "imagenet_dev_prompts.tsv")
+    probs = clf.score([r["prompt"] for r in rows])[0]
+    hits = R.topk_hits(probs, [R.accepted_classes(clf.vocab, r["targets"]) for r in rows])
+    assert hits["n"] >= 200 and hits["top1"] >= 0.94 and hits["top5"] >= 0.985, hits
+    record = clf.classify("a dog and a cat on a sofa")
+    assert [o["text"] for o in record["objects"]] == ["a dog", "a cat on a sofa"]
+    dog, cat = (clf.vocab.index(o["classes"][0]["wnid"]) for o in record["objects"])
+    assert "dog" in clf.vocab[dog].hypernyms and "cat" in clf.vocab[cat].hypernyms + clf.vocab[cat].lemmas

@@ -98,7 +98,7 @@ class TextClassifier:
     @torch.no_grad()
     def score(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None, list[bool]]:
         """Texts -> (class probabilities (B, K), table-bound embeddings (B, E) or None, truncated flags)."""
-        enc = self.encoder.encode(texts)
+        enc = self.encoder.encode(texts, batch_size=128)  # length-sorted: large batches waste little on padding
         return self.score_states(enc.hidden, enc.mask, texts) + (enc.truncated,)
 
     @torch.no_grad()
