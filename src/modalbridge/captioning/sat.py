@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from modalbridge.registry import MODELS, Registry
 
 IGNORE = -100  # target id that the loss skips (padding after <eos>)
+_ATT_CHUNK = 1 << 19  # float32 elements (2 MiB) of attention energies computed at once
 
 # Caption decoders that the ``caption`` training task can pick by ``model.arch``; each is also in MODELS.
 DECODERS = Registry("caption decoder")
@@ -217,7 +218,11 @@ class ShowAttendTell(_WordDecoder):
         G, P, A = proj.shape  # G images
         K = h.size(0) // G  # rows (beams) per image
         hid = self.att_hidden(h).view(G, K, 1, A)  # (G, K, 1, A)
-        e = self.att_score(torch.tanh(proj[:, None] + hid)).view(G, K, P)  # (G, K, P)
+        # The (·, K, P, A) energies are computed a few images at a time so the temporary stays in cache, and tanh
+        # runs in place (autograd-safe: the add saves nothing): no large allocation and memory pass per step.
+        n = max(1, _ATT_CHUNK // (K * P * A))  # images per chunk
+        e = torch.cat([self.att_score((proj[i : i + n, None] + hid[i : i + n]).tanh_())
+                       for i in range(0, G, n)]).view(G, K, P)  # (G, K, P)
         alpha = torch.softmax(e, dim=-1)  # (G, K, P)
         context = torch.bmm(alpha, feats).view(G * K, -1)  # (B, C), Σ_i α_ti a_i (eq. 6, φ = soft)
         beta = torch.sigmoid(self.gate(h))  # (B, 1): lets the model emphasise words over the image
