@@ -165,3 +165,40 @@ def test_bf16_mixed_precision_on_cpu(tmp_path):
     assert all(v.dtype == torch.float32 for v in _weights(run).values())  # master weights stay fp32
     with pytest.raises(UserError, match="precision"):
         engine.resolve_config(TOY, ["trainer.precision=8"])
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """A real training process killed with SIGKILL mid-run, then ``train --resume``: same final weights as a run that
+    was never interrupted (last.ckpt is written beside and renamed, so the kill never leaves a torn file)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    epochs = ["trainer.max_epochs=16", "checkpoint.monitor=train/loss", "checkpoint.every_n_epochs=0"]
+    straight = _train(tmp_path / "a", *epochs)
+    cmd = [sys.executable, "-m", "modalbridge", "train", str(TOY), f"run_root={tmp_path / 'b'}", *QUIET, *epochs]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "b").rglob("checkpoints/last.ckpt")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # somewhere in the middle of later epochs (a checkpoint write may be under way)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (last,) = list((tmp_path / "b").rglob("checkpoints/last.ckpt"))
+    run = last.parent.parent
+    killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    assert killed_at < 15, "the process finished before the kill; the test needs a longer run"
+    r = subprocess.run([sys.executable, "-m", "modalbridge", "train", "--resume", str(run)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert not list(run.glob("checkpoints/*.tmp"))

@@ -165,7 +165,15 @@ class LastCheckpoint:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         class _LastCheckpoint(ModelCheckpoint):
-            pass
+            def _save_checkpoint(self, trainer, filepath: str) -> None:
+                # Write beside, then rename: a kill -9 at any moment leaves the previous or the new last.ckpt,
+                # never a truncated one, so --resume always has a complete epoch to continue from.
+                tmp = f"{filepath}.tmp"
+                super()._save_checkpoint(trainer, tmp)
+                if trainer.is_global_zero:
+                    os.replace(tmp, filepath)
+                trainer.strategy.barrier()
+                self._last_checkpoint_saved = filepath
 
         return _LastCheckpoint(
             dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=1, save_last=False,
