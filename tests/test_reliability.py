@@ -297,3 +297,32 @@ def test_draw_undecodable_argv_bytes_and_huge_seed(tmp_path):
     res = runner.invoke(app, ["draw", "a dress", "--seed", "99999999999999999999", "--out", str(tmp_path)])
     assert res.exit_code == 2, res.output
     assert "seed" in _error_line(res)
+
+
+def test_text_encoder_with_pickled_code_is_refused_not_run(tmp_path):
+    """A Hugging Face directory whose pytorch_model.bin holds code: one error line, the code never runs."""
+    import os
+    import pickle
+
+    from test_text_encoders import make_tiny_encoder
+
+    enc = make_tiny_encoder(tmp_path / "enc")
+    (enc / "model.safetensors").unlink()
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (enc / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Evil()}))
+    from test_t2i_features import make_tiny_sentences
+
+    from modalbridge.errors import UserError
+    from modalbridge.text.encoders import load_text_encoder
+
+    with pytest.raises(UserError, match="refused to load the text encoder"):
+        load_text_encoder(str(enc))
+    data = make_tiny_sentences(tmp_path / "sent", n=20)
+    r = CliRunner().invoke(app, ["extract", "--data", str(data), "--encoder", str(enc)])
+    assert r.exit_code == 2 and r.stderr.startswith("error: refused to load the text encoder"), r.stderr
+    assert not marker.exists()

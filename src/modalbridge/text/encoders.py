@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import pickle
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -214,9 +215,14 @@ def _load_hf(path: Path):
 
     _quiet_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModel.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError) as e:
+        with warnings.catch_warnings():  # torch's note about a foreign pickle protocol precedes its refusal
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModel.from_pretrained(str(path))
+    except pickle.UnpicklingError:  # transformers loads .bin weights with weights_only=True: code is refused
+        raise UserError(f"refused to load the text encoder in {path}: its weights hold pickled Python objects, "
+                        "not just tensors (loading them could run code)") from None
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load a text encoder from {path}: {first}") from None
     if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
