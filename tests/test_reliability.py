@@ -326,3 +326,17 @@ def test_text_encoder_with_pickled_code_is_refused_not_run(tmp_path):
     r = CliRunner().invoke(app, ["extract", "--data", str(data), "--encoder", str(enc)])
     assert r.exit_code == 2 and r.stderr.startswith("error: refused to load the text encoder"), r.stderr
     assert not marker.exists()
+
+
+def test_train_console_has_no_lightning_banners(tmp_path):
+    """Lightning's INFO banners ("GPU available", tips, "`Trainer.fit` stopped") stay off the console."""
+    import subprocess
+    import sys
+
+    toy = Path(__file__).resolve().parent.parent / "configs" / "test" / "toy.yaml"
+    r = subprocess.run([sys.executable, "-m", "modalbridge", "train", str(toy), f"run_root={tmp_path}",
+                        "trainer.progress=false", "trainer.max_epochs=1", "logger.backends=[csv]"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "GPU available" not in r.stderr and "Trainer.fit" not in r.stderr and "Tip" not in r.stderr
+    assert "run dir:" in r.stdout

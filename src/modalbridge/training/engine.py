@@ -396,6 +396,10 @@ def _fit(cfg: RunConfig, task, run_dir: Path, last: Path | None, resumed_epoch: 
         init_weights_from(module.model, cfg.init_from)
     datamodule = task.build_datamodule()
     t = cfg.trainer
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric"):  # no "GPU available" / tip banners on the console
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         trainer = pl.Trainer(
             default_root_dir=run_dir, max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
