@@ -32,7 +32,7 @@ def main() -> None:
     from modalbridge.t2i import resolver_train as R
     from modalbridge.t2i.classify import load_classifier
 
-    prompts = [r["prompt"] for r in R.read_prompts(ROOT / "tests/data/imagenet_dev_prompts.tsv")]
+    prompts = [r["prompt"] for r in R.read_labelled_prompts(ROOT / "tests/data/imagenet_dev_prompts.tsv")]
     texts = [prompts[i % len(prompts)] for i in range(args.n)]
     load0 = os.getloadavg()[0]
     t = time.perf_counter()

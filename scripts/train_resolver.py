@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(rows)} sentences, features ready ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
 
     # ---- the models, all judged on the same data
-    prompts = R.read_prompts(args.prompts)
+    prompts = R.read_labelled_prompts(args.prompts)
     accepted = [R.accepted_classes(vocab, p["targets"]) for p in prompts]
     texts = [p["prompt"] for p in prompts]
     x = R.pooled(encoder, texts)  # (N, H)
@@ -87,10 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         for split in ("test_template", "test_synonym"):
             part = [r for r in rows if r["split"] == split]
             xs = R.pooled(encoder, [r["text"] for r in part])
-            w = R.soft_targets(part, len(vocab))
-            best = w >= w.max(-1, keepdim=True).values - 1e-6
-            acc = [set(torch.nonzero(b).flatten().tolist()) for b in best]
-            out[split] = R.topk_hits(R.zero_shot_scores(xs, lemma_protos, torch.tensor(lemma_cls), len(vocab)), acc)
+            scores = R.zero_shot_scores(xs, lemma_protos, torch.tensor(lemma_cls), len(vocab))
+            out[split] = R.topk_hits(scores, R.target_sets(part, len(vocab)))
         return out
 
     results = {"zero-shot baseline (lemmas, max cosine)": judge_baseline(), "resolver at init": judge(model)}
@@ -150,7 +148,7 @@ def table_bound_mappers(feats, rows, vocab, encoder, texts, accepted, seed: int,
             order = [train[i] for i in torch.randperm(len(train), generator=rng).tolist()]
             for b in range(0, len(order), 256):
                 idx = order[b : b + 256]
-                states, mask = R._batch(feats, idx)
+                states, mask = R.batch_states(feats, idx)
                 loss_v = m(states, mask, targets[idx]).loss
                 opt.zero_grad(set_to_none=True)
                 loss_v.backward()
@@ -160,11 +158,8 @@ def table_bound_mappers(feats, rows, vocab, encoder, texts, accepted, seed: int,
             enc = encoder.encode(texts)
             res = {"dev": R.topk_hits(m(enc.hidden, enc.mask).logits, accepted)}
             for split in ("test_template", "test_synonym"):
-                part = [i for i, r in enumerate(rows) if r["split"] == split]
-                logits = torch.cat([m(*R._batch(feats, part[b : b + 512])).logits for b in range(0, len(part), 512)])
-                w = targets[part]
-                best = w >= w.max(-1, keepdim=True).values - 1e-6
-                res[split] = R.topk_hits(logits, [set(torch.nonzero(x).flatten().tolist()) for x in best])
+                logits, part = R.split_logits(m, feats, rows, split)
+                res[split] = R.topk_hits(logits, R.target_sets([rows[i] for i in part], len(vocab)))
         print(f"{name}: {res}", file=sys.stderr)
         out[name] = res
     return out

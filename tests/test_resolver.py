@@ -59,7 +59,7 @@ def test_init_is_the_zero_shot_baseline_and_it_trains(root):
     loss = model(e.hidden, e.mask, mention=torch.ones(2, len(tiny_vocab())), weights=weights).loss
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    assert model.prototypes.grad.abs().sum() > 0 and model.pool_query.weight.grad.abs().sum() > 0
+    assert model.prototypes.grad.abs().sum() > 0 and model.attention_pool.query.weight.grad.abs().sum() > 0
 
 
 def test_save_load_round_trip(root, tmp_path):
@@ -198,7 +198,7 @@ def test_draw_with_a_full_size_published_biggan_deep_128(root, tmp_path):
 def test_shipped_imagenet_resolver_reads_hand_written_prompts():
     """The embedded t2i-imagenet on the committed dev prompts (the selection set, so this is a floor, not a claim)."""
     clf = load_classifier("t2i-imagenet")
-    rows = R.read_prompts(Path(__file__).parent / "data" / "imagenet_dev_prompts.tsv")
+    rows = R.read_labelled_prompts(Path(__file__).parent / "data" / "imagenet_dev_prompts.tsv")
     probs = clf.score([r["prompt"] for r in rows])[0]
     hits = R.topk_hits(probs, [R.accepted_classes(clf.vocab, r["targets"]) for r in rows])
     assert hits["n"] >= 200 and hits["top1"] >= 0.94 and hits["top5"] >= 0.985, hits

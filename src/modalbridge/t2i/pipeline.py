@@ -88,9 +88,8 @@ class Drawing:
 class Pipeline:
     """Text classifier (encoder + resolver or mapper) + generator, all frozen and in eval mode."""
 
-    def __init__(self, classifier: TextClassifier, generator, source: str = "", generator_name: str = ""):
+    def __init__(self, classifier: TextClassifier, generator, source: str = ""):
         self.classifier, self.generator, self.source = classifier, generator, source
-        self.generator_name = generator_name
         self.vocab, self.encoder = classifier.vocab, classifier.encoder
         self.table = generator.class_embeddings.detach().float()  # (K, E)
         self.z_dim = int(generator.config.z_dim)
@@ -204,9 +203,6 @@ def check_truncation(truncation: float) -> float:
     return _check(truncation)
 
 
-_check_n, _check_truncation = check_n, check_truncation  # older private names, still used by the CLI and server
-
-
 @functools.lru_cache(maxsize=4)
 def _load(path: str, generator: str | None) -> Pipeline:
     from modalbridge.generators import load_generator
@@ -222,7 +218,7 @@ def _load(path: str, generator: str | None) -> Pipeline:
     try:
         gen = load_generator(generator)
     except UserError as e:
-        if "/" in str(generator) or not Path(str(generator)).exists():
+        if not Path(str(generator)).exists():  # a name or hub id: point at the local-directory alternative
             raise UserError(f"{e} (or --generator DIR: a directory with config.json + pytorch_model.bin)") from None
         raise
     gen.eval().requires_grad_(False)
@@ -237,7 +233,7 @@ def _load(path: str, generator: str | None) -> Pipeline:
         if not torch.allclose(table, classifier.model.table, atol=1e-4):
             warnings.warn(f"the mapper in {path} was trained against another class table than generator "
                           f"'{generator}' has; images may not match the text", stacklevel=2)
-    return Pipeline(classifier, gen, source=path, generator_name=str(generator))
+    return Pipeline(classifier, gen, source=path)
 
 
 def load_pipeline(spec: str | Path | None = None, generator: str | Path | None = None) -> Pipeline:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modalbridge.registry import MODELS
+from modalbridge.t2i.mapper import AttentionPool
 
 
 @dataclass
@@ -79,9 +80,8 @@ class ClassResolver(nn.Module):
     def __init__(self, config: ResolverConfig):
         super().__init__()
         c = self.config = config
-        self.pool_proj = nn.Linear(c.text_hidden, c.pool_hidden)
-        self.pool_query = nn.Linear(c.pool_hidden, 1, bias=False)
-        nn.init.zeros_(self.pool_query.weight)  # uniform token weights: exactly mean pooling at init
+        self.attention_pool = AttentionPool(c.text_hidden, c.pool_hidden)
+        nn.init.zeros_(self.attention_pool.query.weight)  # uniform token weights: exactly mean pooling at init
         self.prototypes = nn.Parameter(torch.randn(c.num_prototypes, c.text_hidden) * 0.02)  # (P, H)
         self.register_buffer("prototype_class", torch.arange(c.num_prototypes) % c.num_classes)  # (P,)
         self.class_bias = nn.Parameter(torch.zeros(c.num_classes))  # (K,)
@@ -100,10 +100,7 @@ class ClassResolver(nn.Module):
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, T, H), (B, T) -> (B, H) unit vectors."""
-        scores = self.pool_query(torch.tanh(self.pool_proj(states))).squeeze(-1)  # (B, T)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        w = torch.softmax(scores, dim=1).nan_to_num(0.0)  # (B, T)
-        return F.normalize(torch.einsum("bt,bth->bh", w, states), dim=-1)  # (B, H)
+        return F.normalize(self.attention_pool(states, mask), dim=-1)  # (B, H)
 
     def class_similarity(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H) unit vectors -> (B, K): best cosine over each class's prototypes."""

@@ -78,7 +78,7 @@ def build_resolver(vocab: Vocabulary, encoder, encoder_name: str, **config) -> C
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _batch(feats, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_states(feats, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``idx`` of a feature cache -> padded (B, T, H) float states and (B, T) mask."""
     rows = [feats[i].float() for i in idx]
     t = max(len(r) for r in rows)
@@ -96,6 +96,13 @@ def soft_targets(rows: list[dict], k: int) -> torch.Tensor:
         for c, x in zip(r["classes"], r["weights"], strict=True):
             w[i, c] += float(x)
     return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def target_sets(rows: list[dict], k: int) -> list[set[int]]:
+    """Per sentence, its target classes of maximal weight (for a sentence naming two classes equally, either)."""
+    w = soft_targets(rows, k)
+    best = w >= w.max(-1, keepdim=True).values - 1e-6  # (N, K)
+    return [set(torch.nonzero(b).flatten().tolist()) for b in best]
 
 
 def train_resolver(model: ClassResolver, feats, rows: list[dict], vocab: Vocabulary, epochs: int = 3,
@@ -120,7 +127,7 @@ def train_resolver(model: ClassResolver, feats, rows: list[dict], vocab: Vocabul
         total = 0.0
         for b in range(0, len(train), batch_size):
             idx = train[b : b + batch_size]
-            states, mask = _batch(feats, idx)
+            states, mask = batch_states(feats, idx)
             m = mentions[idx] * (torch.rand(len(idx), 1) >= mention_dropout)  # (B, K)
             out = model(states, mask, mention=m, weights=targets[idx])
             drift = ((model.prototypes - init) ** 2).sum(-1).mean()
@@ -143,26 +150,28 @@ def interpolate_weights(init: dict[str, torch.Tensor], tuned: dict[str, torch.Te
 
 
 @torch.no_grad()
+def split_logits(model, feats, rows: list[dict], split: str, vocab: Vocabulary | None = None,
+                 batch_size: int = 512) -> tuple[torch.Tensor, list[int]]:
+    """(N, K) logits on a prepared split, and its row indices. With ``vocab`` the model (a resolver) also gets the
+    texts' lexical evidence; without it (a table-bound mapper) only the states."""
+    idx = [i for i, r in enumerate(rows) if r["split"] == split]
+    out = []
+    for b in range(0, len(idx), batch_size):
+        part = idx[b : b + batch_size]
+        extra = {} if vocab is None else {"mention": vocab.mentions([rows[i]["text"] for i in part])}
+        out.append(model(*batch_states(feats, part), **extra).logits)
+    return torch.cat(out), idx
+
+
 def split_accuracy(model: ClassResolver, feats, rows: list[dict], vocab: Vocabulary, split: str,
                    batch_size: int = 512) -> dict[str, float]:
     """Top-1 / top-5 on a prepared split; a hit is any target class of maximal weight."""
-    idx = [i for i, r in enumerate(rows) if r["split"] == split]
-    hits1 = hits5 = 0
-    for b in range(0, len(idx), batch_size):
-        part = idx[b : b + batch_size]
-        states, mask = _batch(feats, part)
-        logits = model(states, mask, mention=vocab.mentions([rows[i]["text"] for i in part])).logits
-        w = soft_targets([rows[i] for i in part], len(vocab))
-        best = w >= w.max(-1, keepdim=True).values - 1e-6
-        top = logits.topk(5, dim=-1).indices
-        hit = best.gather(1, top)
-        hits1 += int(hit[:, 0].sum())
-        hits5 += int(hit.any(-1).sum())
-    return {"n": len(idx), "top1": hits1 / max(1, len(idx)), "top5": hits5 / max(1, len(idx))}
+    logits, idx = split_logits(model, feats, rows, split, vocab, batch_size)
+    return topk_hits(logits, target_sets([rows[i] for i in idx], len(vocab)))
 
 
 # ---------------------------------------------------------------------------------------------- judging
-def read_prompts(path: str | Path) -> list[dict]:
+def read_labelled_prompts(path: str | Path) -> list[dict]:
     """A TSV with header ``prompt, target[, note]``; target = comma-separated wnids (classes or hypernyms)."""
     rows = []
     with open(path, encoding="utf-8", newline="") as f:

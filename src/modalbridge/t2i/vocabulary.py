@@ -246,8 +246,8 @@ class Vocabulary:
         out = torch.zeros(len(texts), len(self.classes))
         for i, text in enumerate(texts):
             for m in self.find(text[:4096], hypernyms=hypernym_weight > 0):
-                w = 1.0 if m.kind == "lemma" else hypernym_weight
-                out[i, list(m.classes)] = torch.maximum(out[i, list(m.classes)], torch.tensor(w))
+                idx = list(m.classes)
+                out[i, idx] = out[i, idx].clamp_min(1.0 if m.kind == "lemma" else hypernym_weight)
         return out
 
     def index(self, name: str) -> int:
