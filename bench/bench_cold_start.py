@@ -4,8 +4,8 @@ Each repetition runs, in turn: ``python -c "import torch"``, ``modalbridge draw 
 one.png`` (a generated 64x64 PNG) and ``modalbridge classify "a dress"`` (default embedded models, offline), each
 as a fresh ``python -m modalbridge`` process. Interleaving the sides means a change in the machine's load hits all
 of them alike. Prints per command the median wall time, its spread (min..max) and the ratio of the medians to the
-torch import, plus the load average before and after; also checks that no command imported a heavy training/UI
-module (gradio, lightning, mlflow, wandb, tensorboard).
+torch import, plus the load average before and after; also checks that no command imported transformers or a
+heavy training/UI module (gradio, lightning, mlflow, wandb, tensorboard).
 
     .venv/bin/python bench/bench_cold_start.py [--reps 5] [--threads N]
 """
@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HEAVY = ("gradio", "lightning", "pytorch_lightning", "lightning_fabric", "mlflow", "wandb", "tensorboard",
-         "tensorboardX", "torch.utils.tensorboard")
+HEAVY = ("transformers", "gradio", "lightning", "pytorch_lightning", "lightning_fabric", "mlflow", "wandb",
+         "tensorboard", "tensorboardX", "torch.utils.tensorboard")
 # Runs the CLI in-process, then reports (on exit) which heavy modules were imported on stderr.
 PROBE = (
     "import atexit, runpy, sys\n"

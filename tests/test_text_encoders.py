@@ -123,3 +123,58 @@ def test_minilm_offline_gives_384_dim_states():
     assert torch.isfinite(out.hidden).all()
     # Contextual states differ between two sentences sharing the word.
     assert not torch.allclose(out.hidden[0, 1], out.hidden[1, 1])
+
+
+def _both_backends(path: str, monkeypatch, **kw):
+    """The encoder loaded through text/bert.py and through transformers (the env switch forces the latter)."""
+    from modalbridge.text import encoders
+
+    encoders._load_cached.cache_clear()
+    fast = load_text_encoder(path, **kw)
+    monkeypatch.setenv("MODALBRIDGE_TEXT_BACKEND", "transformers")
+    encoders._load_cached.cache_clear()
+    hf = load_text_encoder(path, **kw)
+    monkeypatch.delenv("MODALBRIDGE_TEXT_BACKEND")
+    encoders._load_cached.cache_clear()
+    return fast, hf
+
+
+@pytest.mark.parametrize("layer", [-1, 0, 1])
+def test_own_bert_equals_transformers_bit_for_bit(tiny_dirs, monkeypatch, layer):
+    from modalbridge.text.bert import Bert
+
+    fast, hf = _both_backends(str(tiny_dirs["bert"]), monkeypatch, layer=layer)
+    assert isinstance(fast.model, Bert) and not isinstance(hf.model, Bert)
+    texts = TEXTS + ["", "xyz " * 100, "Ünïcödé dress, 東京 🐱"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the long text's truncation warning, from both sides
+        a, b = fast.encode(texts, batch_size=3), hf.encode(texts, batch_size=3)
+    assert torch.equal(a.hidden, b.hidden) and torch.equal(a.mask, b.mask) and torch.equal(a.offsets, b.offsets)
+    assert a.word_ids == b.word_ids and a.truncated == b.truncated == [False] * 5 + [True, False]
+    assert fast.max_length == hf.max_length == 64
+
+
+def test_minilm_without_transformers_equals_transformers(monkeypatch):
+    """The shipped default: the dev prompts' states are identical whichever way the model is loaded."""
+    from modalbridge.text.bert import Bert
+
+    rows = (Path(__file__).parent / "data" / "imagenet_dev_prompts.tsv").read_text().splitlines()[1:]
+    texts = [r.split("\t")[0] for r in rows[::4]]
+    fast, hf = _both_backends("minilm", monkeypatch)
+    assert isinstance(fast.model, Bert)
+    a, b = fast.encode(texts), hf.encode(texts)
+    assert torch.equal(a.hidden, b.hidden) and a.word_ids == b.word_ids
+
+
+def test_non_bert_and_damaged_directories(tiny_dirs, tmp_path):
+    import shutil
+
+    from modalbridge.text.bert import Bert
+
+    assert not isinstance(load_text_encoder(str(tiny_dirs["distilbert"])).model, Bert)  # via transformers
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dirs["bert"], broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(UserError, match="cannot load a text encoder") as e:
+        load_text_encoder(str(broken))
+    assert "\n" not in str(e.value)

@@ -13,7 +13,7 @@ order is restored afterwards; attention masks make every text's states independe
 from __future__ import annotations
 
 import functools
-import hashlib
+import os
 import pickle
 import warnings
 from collections.abc import Iterator, Sequence
@@ -117,11 +117,6 @@ class TextEncoder:
         tok_limit = getattr(tokenizer, "model_max_length", limit) or limit
         limit = min(limit, int(tok_limit)) if tok_limit < 1e9 else limit
         self.max_length = min(max_length, limit) if max_length else limit
-
-    def fingerprint(self) -> str:
-        """A short id of the weights' source, so caches keyed by it change when the model does."""
-        path = str(getattr(self.model, "name_or_path", "") or self.model.config.name_or_path or self.name)
-        return hashlib.sha1(f"{path}|{self.hidden_size}|{self.num_layers}".encode()).hexdigest()[:8]
 
     # ------------------------------------------------------------------------------------------ tokenizing
     def tokenize(self, texts: Sequence[str]):
@@ -232,7 +227,16 @@ def _load_hf(path: Path):
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(path: str) -> tuple:
-    return _load_hf(Path(path))
+    """A BERT directory with safetensors and tokenizer.json loads without transformers (text/bert.py: same outputs,
+    seconds less per process); anything else through transformers' AutoModel/AutoTokenizer."""
+    from modalbridge.text.bert import load as load_bert
+
+    try:
+        fast = None if os.environ.get("MODALBRIDGE_TEXT_BACKEND") == "transformers" else load_bert(Path(path))
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load a text encoder from {path}: {first}") from None
+    return fast if fast is not None else _load_hf(Path(path))
 
 
 def load_text_encoder(name: str | None = None, layer: int = -1, max_length: int | None = None) -> TextEncoder:
