@@ -74,14 +74,30 @@ def command(*args, **kwargs):
     return deco
 
 
+# Every heavy command takes --threads; by default PyTorch uses the cores that are free when the command starts.
+Threads = Annotated[
+    int | None,
+    typer.Option("--threads", help="PyTorch CPU threads (default: the cores other processes leave free at start; "
+                 "MODALBRIDGE_THREADS or OMP_NUM_THREADS also set it).", show_default=False),
+]
+
+
+def _threads(n: int | None) -> None:
+    from modalbridge import threads
+
+    threads.configure(n)
+
+
 # --------------------------------------------------------------------------------------------- training
 @command("train")
 def train_cmd(
     config: Annotated[Path | None, typer.Argument(help="YAML config (configs/...); omit with --resume.")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, dotted keys.")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue RUN_DIR from its last.ckpt.")] = None,
+    threads: Threads = None,
 ):
     """Train the task named in CONFIG; writes runs/<name>/<timestamp>/ with config, checkpoints, logs, model/."""
+    _threads(threads)
     from modalbridge.registry import load_builtins
     from modalbridge.training import engine
 
@@ -146,8 +162,10 @@ def extract_cmd(
     cache: Annotated[Path | None, typer.Option("--cache", help="Cache root (default DATA/features).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sentences per forward pass.")] = 64,
     force: Annotated[bool, typer.Option("--force", help="Recompute even if the cache entry exists.")] = False,
+    threads: Threads = None,
 ):
     """Compute the text encoder's hidden states of every prepared sentence once (safetensors feature cache)."""
+    _threads(threads)
     import time
 
     from modalbridge.t2i import features
@@ -187,8 +205,10 @@ def draw_cmd(
     to: Annotated[str | None, typer.Option("--to", help="Interpolate from TEXT to this text.")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Frames of --to interpolation.")] = 8,
     whole: Annotated[bool, typer.Option("--whole", help="Do not split texts naming several objects.")] = False,
+    threads: Threads = None,
 ):
     """Draw images for a text: text encoder -> resolver or mapper -> class embedding -> generator."""
+    _threads(threads)
     import json
 
     from modalbridge.t2i import pipeline as P
@@ -237,8 +257,10 @@ def classify_cmd(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per text.")] = False,
     whole: Annotated[bool, typer.Option("--whole", help="Do not split texts naming several objects.")] = False,
+    threads: Threads = None,
 ):
     """Text -> classes, no generator: the top-5 classes of each text (and of each object it names)."""
+    _threads(threads)
     import json
 
     from modalbridge.t2i.classify import load_classifier
@@ -315,8 +337,10 @@ def caption_cmd(
         Path | None, typer.Option("--attention", help="Write per-word attention heat maps (PNG) into this dir.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: image, caption, logprob.")] = False,
+    threads: Threads = None,
 ):
     """Caption images with a trained model (Show-Attend-Tell, Show-and-Tell or ClipCap)."""
+    _threads(threads)
     import json
 
     from modalbridge.captioning.pipeline import check_decoding, load_captioner, save_attention_maps
@@ -361,8 +385,10 @@ def evaluate_cmd(
     ] = "en",
     meteor: Annotated[bool, typer.Option("--meteor/--no-meteor", help="METEOR (English; starts a JVM).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as one JSON object.")] = False,
+    threads: Threads = None,
 ):
     """Score a captioning model on a dataset split: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap scale)."""
+    _threads(threads)
     import json
 
     from modalbridge.captioning import datasets
@@ -409,8 +435,10 @@ def serve_cmd(
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Model calls running at once, per model.")] = 1,
     queue: Annotated[int, typer.Option("--queue", min=0, help="Requests that may wait, per model (then 503).")] = 64,
+    threads: Threads = None,
 ):
     """Web demo (Draw and Caption tabs) and JSON API (POST /api/draw, /api/caption); models load once at start."""
+    _threads(threads)
     from modalbridge.app.server import Limits, serve
 
     serve(host, port, model_t2i, model_caption, Limits(workers=workers, queue=queue), echo=typer.echo,

@@ -54,6 +54,7 @@ from PIL import Image  # noqa: E402
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
+from modalbridge import threads  # noqa: E402
 from modalbridge.errors import UserError  # noqa: E402
 from modalbridge.vision.io import load_image  # noqa: E402
 
@@ -88,6 +89,12 @@ class Busy(ApiError):
         super().__init__(503, f"the {what} queue is full; try again in a moment")
 
 
+def _adapted(fn: Callable, *args, **kwargs) -> Any:
+    """Run a model call with threads re-counted for the machine's load now (see modalbridge.threads)."""
+    threads.adapt()
+    return fn(*args, **kwargs)
+
+
 class Gate:
     """Bounded admission: ``workers`` calls run, up to ``queue`` wait (each at most ``timeout`` s), the rest -> Busy.
 
@@ -111,7 +118,7 @@ class Gate:
             except TimeoutError:
                 raise Busy(self.name) from None
             try:
-                return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+                return await anyio.to_thread.run_sync(lambda: _adapted(fn, *args, **kwargs))
             finally:
                 self._sem.release()
         finally:
