@@ -24,7 +24,7 @@ lint: setup
 	$(PY) -m ruff check src tests bench scripts
 
 bench: setup
-	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs outputs .pytest_cache

@@ -2,19 +2,20 @@
 
 Both models hold the same random full-size weights (spectral-norm vectors from a power iteration, random standing
 statistics) and get identical inputs in one process; runs alternate between the two so that load on the machine
-hits both alike. Prints images/s for each, the ratio (goal >= 1.0x) and the largest output difference.
+hits both alike (the order rotates every repetition). Prints images/s for each (median and spread), the ratio per
+repetition (goal >= 1.0x), the load average before and after, and asserts that every output of ours equals the
+reference's to 1e-4 (the same function, computed with another order of operations).
 
-    .venv/bin/python bench/bench_biggan.py [--batch 4] [--iters 3] [--truncation 0.4] [--threads N]
+    .venv/bin/python bench/bench_biggan.py [--batch 4] [--iters 5] [--truncation 0.4] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from common import interleave, loadavg, report, spread, summary  # bench/common.py
 
 from modalbridge.generators.biggan import BigGAN, BigGANConfig, truncated_noise
 
@@ -46,7 +47,7 @@ def build_pair(seed: int = 0):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--truncation", type=float, default=0.4)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -60,22 +61,24 @@ def main() -> None:
         "reference": lambda: ref(z, onehot, args.truncation),
         "modalbridge": lambda: ours(z, ours.embed(labels), args.truncation),
     }
-    times: dict[str, list[float]] = {k: [] for k in runs}
     with torch.inference_mode():
-        outs = {k: fn() for k, fn in runs.items()}  # warm-up (allocator, oneDNN primitives, weight caches)
-        for _ in range(args.iters):
-            for k, fn in runs.items():
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
-    diff = (outs["reference"] - outs["modalbridge"]).abs().max().item()
+        for fn in runs.values():  # warm-up (allocator, oneDNN primitives, weight caches)
+            fn()
+        before = loadavg()
+        times, outs = interleave(runs, args.iters)
+        after = loadavg()
+    diff = max((r - o).abs().max().item() for r, o in zip(outs["reference"], outs["modalbridge"], strict=True))
+    assert diff < 1e-4, f"outputs differ by {diff:.2e}"
+    ratios = [r / o for r, o in zip(times["reference"], times["modalbridge"], strict=True)]
     print(f"BigGAN-deep-128, batch {args.batch}, truncation {args.truncation}, {torch.get_num_threads()} threads, "
-          f"{args.iters} timed batches each (median)")  # fmt: skip
-    ips = {}
-    for k, ts in times.items():
-        ips[k] = args.batch / statistics.median(ts)
-        print(f"  {k:12s} {ips[k]:7.2f} images/s   ({', '.join(f'{t:.2f}s' for t in ts)})")
-    print(f"  speed-up     {ips['modalbridge'] / ips['reference']:.2f}x   max |difference| {diff:.2e}")
+          f"{args.iters} interleaved batches each; load average before {before}, after {after}")
+    ips = {k: [args.batch / t for t in ts] for k, ts in times.items()}
+    for k, v in ips.items():
+        print(f"  {k:12s} {spread(v, fmt='.2f')} images/s")
+    print(f"  speed-up     {spread(ratios, fmt='.2f')}x   max |difference| {diff:.2e} (asserted < 1e-4)")
+    report("biggan", batch=args.batch, threads=torch.get_num_threads(), reps=args.iters,
+           ours_images_s=summary(ips["modalbridge"]), reference_images_s=summary(ips["reference"]),
+           ratio=summary(ratios), max_diff=diff, load_before=before, load_after=after)
 
 
 if __name__ == "__main__":

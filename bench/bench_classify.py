@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import report, summary  # bench/common.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +68,8 @@ def main() -> None:
     ratio = statistics.median(times["resolver"]) / statistics.median(times["zero-shot baseline"])
     goal = statistics.median(times["resolver"]) <= 5.0
     print(f"  resolver / baseline time: {ratio:.2f}x; goal 1,000 prompts <= 5 s: {'met' if goal else 'NOT met'}")
+    report("classify", model=args.model, prompts=args.n, threads=args.threads, reps=args.repeats, load_s=load_s,
+           seconds={k: summary(v) for k, v in times.items()}, ratio=ratio, load_before=load0, load_after=load1)
 
 
 if __name__ == "__main__":

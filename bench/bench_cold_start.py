@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import report, summary  # bench/common.py
+
 HEAVY = ("transformers", "gradio", "lightning", "pytorch_lightning", "lightning_fabric", "mlflow", "wandb",
          "tensorboard", "tensorboardX", "torch.utils.tensorboard")
 # Runs the CLI in-process, then reports (on exit) which heavy modules were imported on stderr.
@@ -87,6 +89,8 @@ def main() -> None:
         med = statistics.median(ts)
         print(f"{name:14s} {med:9.2f} {min(ts):6.2f}..{max(ts):<6.2f} {med / base:8.2f}  "
               f"{','.join(sorted(heavy[name])) or '-'}")
+    report("cold_start", reps=args.reps, seconds={k: summary(v) for k, v in times.items()},
+           ratio={k: statistics.median(v) / base for k, v in times.items()}, load_before=before, load_after=after)
     bad = {k: v for k, v in heavy.items() if v}
     assert not bad, f"heavy modules imported on a command path: {bad}"
 

@@ -1,13 +1,14 @@
 """Speed of text-feature extraction, and of the whole prepare -> extract -> train path at scale.
 
-Part 1 (always): MiniLM states of M sentences, batched + length-sorted vs one at a time, side by side in one run;
-checks both give the same states (max abs difference) and prints sentences/s and the ratio (also batched unsorted).
+Part 1 (always): MiniLM states of M sentences, batched + length-sorted vs one at a time (and batched unsorted),
+interleaved over R repetitions; asserts every run gives the same states (to 1e-4) and prints sentences/s (median and
+spread), the ratios and the load average before and after.
 Part 2 (``--scale N``, N > 0): ``prepare`` N Fashion sentences, ``extract`` them with MiniLM, ``train`` the default
 mapper config (configs/t2i/fashion_minilm.yaml) on them; prints wall and process-CPU seconds per stage and
 the total against the goal "under 10 minutes on 2 cores". Process CPU time (all threads) is the fairer number on a
 shared machine: wall time there includes waiting for other people's processes.
 
-    .venv/bin/python bench/bench_extract.py [--sentences 1000] [--scale 100000] [--epochs 1] [--threads 2]
+    .venv/bin/python bench/bench_extract.py [--sentences 1000] [--reps 5] [--scale 100000] [--epochs 1] [--threads 2]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import interleave, loadavg, report, spread, summary  # bench/common.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +31,7 @@ def clock(fn):
     return out, time.perf_counter() - w, time.process_time() - c
 
 
-def part1(n: int, batch_size: int) -> None:
+def part1(n: int, batch_size: int, reps: int) -> dict:
     from modalbridge.t2i import sentences, vocabulary
     from modalbridge.text import load_text_encoder
 
@@ -49,19 +51,28 @@ def part1(n: int, batch_size: int) -> None:
                 out[i] = s
         return out
 
-    single, w1, c1 = clock(one_at_a_time)
-    fast, w2, c2 = clock(lambda: batched(True))
-    unsorted, w3, c3 = clock(lambda: batched(False))
-    diff = max(float((a[: len(b)] - b).abs().max()) for a, b in zip(single, fast, strict=True))
-    same_len = all(len(b) <= len(a) for a, b in zip(single, fast, strict=True))
-    print(f"part 1: {len(texts)} Fashion sentences, MiniLM, torch threads {torch.get_num_threads()}")
-    print(f"  one at a time      {len(texts) / w1:8.1f} sentences/s wall  ({len(texts) / c1:8.1f} per CPU s)")
-    print(f"  batched, unsorted  {len(texts) / w3:8.1f} sentences/s wall  ({len(texts) / c3:8.1f} per CPU s)")
-    print(f"  batched + sorted   {len(texts) / w2:8.1f} sentences/s wall  ({len(texts) / c2:8.1f} per CPU s)")
-    print(f"  ratio sorted/one-at-a-time: {w1 / w2:.1f}x wall, {c1 / c2:.1f}x CPU; "
-          f"sorted/unsorted: {w3 / w2:.2f}x wall")
-    print(f"  same outputs: max |diff| = {diff:.2e} (lengths equal: {same_len})")
+    before = loadavg()
+    times, outs = interleave({"one at a time": one_at_a_time, "batched, unsorted": lambda: batched(False),
+                              "batched + sorted": lambda: batched(True)}, reps)
+    after = loadavg()
+    ref = outs["one at a time"][0]
+    diff = max(float((a[: len(b)] - b).abs().max()) for side in outs.values() for run in side
+               for a, b in zip(ref, run, strict=True))
+    assert diff < 1e-4 and all(len(a) == len(b) for run in outs["batched + sorted"]
+                               for a, b in zip(ref, run, strict=True)), diff
+    rate = {k: [len(texts) / t for t in ts] for k, ts in times.items()}
+    ratio = [a / b for a, b in zip(times["one at a time"], times["batched + sorted"], strict=True)]
+    ratio_sort = [a / b for a, b in zip(times["batched, unsorted"], times["batched + sorted"], strict=True)]
+    print(f"part 1: {len(texts)} Fashion sentences, MiniLM, torch threads {torch.get_num_threads()}, {reps} "
+          f"interleaved repetitions; load average before {before}, after {after}")
+    for k, v in rate.items():
+        print(f"  {k:18s} {spread(v, fmt='.1f')} sentences/s")
+    print(f"  ratio sorted/one-at-a-time {spread(ratio, fmt='.1f')}x; sorted/unsorted {spread(ratio_sort, fmt='.2f')}x")
+    print(f"  same states in every run: max |diff| = {diff:.2e} (asserted < 1e-4)")
     shutil.rmtree(tmp, ignore_errors=True)
+    return {"sentences": len(texts), "reps": reps, "rate": {k: summary(v) for k, v in rate.items()},
+            "ratio": summary(ratio), "ratio_sorted_unsorted": summary(ratio_sort), "max_diff": diff,
+            "load_before": before, "load_after": after}
 
 
 def generator_spec(tmp: Path) -> str:
@@ -77,7 +88,7 @@ def generator_spec(tmp: Path) -> str:
     return str(tmp / "gen")
 
 
-def part2(n: int, epochs: int, batch_size: int) -> None:
+def part2(n: int, epochs: int, batch_size: int) -> dict:
     from modalbridge.registry import load_builtins
     from modalbridge.t2i import features, sentences, vocabulary
     from modalbridge.training import engine
@@ -107,23 +118,24 @@ def part2(n: int, epochs: int, batch_size: int) -> None:
     print(f"  held-out top1: test_template {m['final/test_template/top1']:.4f}, "
           f"test_synonym {m['final/test_synonym/top1']:.4f}")
     shutil.rmtree(tmp, ignore_errors=True)
+    return {"sentences": n_real, "epochs": epochs, "wall_s": wall, "cpu_s": cpu,
+            "stages_wall_s": {k: w for k, (w, _) in stages.items()},
+            "top1": {k: m[f"final/{k}/top1"] for k in ("test_template", "test_synonym")}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sentences", type=int, default=1000, help="part 1 size")
+    ap.add_argument("--reps", type=int, default=5, help="part 1 interleaved repetitions")
     ap.add_argument("--scale", type=int, default=100_000, help="part 2 size (0: skip)")
     ap.add_argument("--epochs", type=int, default=1, help="part 2 training epochs")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    part1(args.sentences, args.batch_size)
-    if args.scale > 0:
-        part2(args.scale, args.epochs, args.batch_size)
+    one = part1(args.sentences, args.batch_size, args.reps)
+    scale = part2(args.scale, args.epochs, args.batch_size) if args.scale > 0 else None
+    report("extract", threads=torch.get_num_threads(), part1=one, part2=scale)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 Both runs train the same decoder (default paper-sized dims: E = H = A = 512) on the same (image, caption) pairs
 (5 captions per image, as in COCO) in the same order with the frozen EfficientNet-Lite0 encoder; the on-the-fly run
 reads, decodes, preprocesses and encodes every image of every batch, the cached run indexes a feature tensor built
-once by ``captioning.features.extract`` (its one-time cost is printed too). Goal: cached >= 20x faster.
+once by ``captioning.features.extract`` (its one-time cost is printed too). The two epochs are interleaved over R
+repetitions (median and spread, load average before and after) and their per-step losses asserted equal.
+Goal: cached >= 20x faster.
 
-    python bench/bench_feature_cache.py [--images 64] [--batch 32] [--device cpu]
+    python bench/bench_feature_cache.py [--images 64] [--batch 32] [--reps 5] [--device cpu]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import interleave, loadavg, report, spread, summary  # bench/common.py
 from PIL import Image
 
 from modalbridge.captioning import features
@@ -63,17 +66,20 @@ def _encoder_spec(name: str, tmp: Path) -> str:
     return str(tmp / "resnet-101")
 
 
-def train_epoch(model, opt, loader, encode=None) -> float:
-    """One epoch; ``encode`` maps a batch of image rows to grid features when encoding on the fly."""
+def train_epoch(model, opt, loader, encode=None) -> list[float]:
+    """One epoch; ``encode`` maps a batch of image rows to grid features when encoding on the fly. Returns the
+    losses of every step."""
     model.train()
-    start = time.perf_counter()
+    losses = []
     for feats, input_ids, targets in loader:
         if encode is not None:
             feats = encode(feats)
         opt.zero_grad(set_to_none=True)
-        model(feats, input_ids, targets).loss.backward()
+        loss = model(feats, input_ids, targets).loss
+        loss.backward()
         opt.step()
-    return time.perf_counter() - start
+        losses.append(loss.item())
+    return losses
 
 
 def main() -> None:
@@ -81,16 +87,13 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of the two epochs")
     ap.add_argument("--encoder", default="efficientnet-lite0",
                     help="efficientnet-lite0 (offline default), resnet-101 (sat_coco's architecture with random "
                          "weights: same cost, no download), or any encoder name/path")
     args = ap.parse_args()
     torch.manual_seed(0)
-    from transformers.utils import logging as hf_logging
-
     from modalbridge.vision.io import load_image
-
-    hf_logging.disable_progress_bar()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -112,7 +115,7 @@ def main() -> None:
         cfg = SATConfig(vocab_size=len(vocab), feature_dim=encoder.dim, num_positions=encoder.num_positions)
         collate = make_collate(vocab.pad_id)
 
-        def run(on_the_fly: bool) -> float:
+        def run(on_the_fly: bool) -> list[float]:
             torch.manual_seed(0)
             model = ShowAttendTell(cfg).to(args.device)
             opt = torch.optim.Adam(model.parameters(), lr=4e-4)
@@ -134,16 +137,27 @@ def main() -> None:
             return train_epoch(model, opt, loader, encode)
 
         run(False)  # warm-up (allocator, kernels)
-        t_cached = run(False)
-        t_fly = run(True)
+        before = loadavg()
+        times, losses = interleave({"cached": lambda: run(False), "on the fly": lambda: run(True)}, args.reps)
+        after = loadavg()
+    # Same decoder, same batches, same features (the cache holds what the encoder returns): the same losses.
+    diff = max(abs(a - b) / max(abs(b), 1e-6) for x, y in zip(losses["cached"], losses["on the fly"], strict=True)
+               for a, b in zip(x, y, strict=True))
+    assert diff < 1e-3, f"cached and on-the-fly losses differ by {diff:.2e} (relative)"
     n_pairs = len(pairs)
+    ratio = [f / c for f, c in zip(times["on the fly"], times["cached"], strict=True)]
     print(f"encoder {args.encoder}, images {args.images}, pairs {n_pairs}, batch {args.batch}, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, {args.reps} interleaved repetitions; "
+          f"load average before {before}, after {after}")
     print(f"feature extraction (once): {t_extract:.2f} s; reloading the cache: {t_reload * 1000:.0f} ms")
-    print(f"epoch on cached features : {t_cached:.2f} s ({n_pairs / t_cached:.0f} pairs/s)")
-    print(f"epoch encoding on the fly: {t_fly:.2f} s ({n_pairs / t_fly:.0f} pairs/s)")
-    ratio = t_fly / t_cached
-    print(f"speed-up: {ratio:.1f}x (goal >= 20x) -> {'OK' if ratio >= 20 else 'BELOW GOAL'}")
+    print(f"epoch on cached features : {spread(times['cached'], fmt='.2f')} s")
+    print(f"epoch encoding on the fly: {spread(times['on the fly'], fmt='.2f')} s")
+    print(f"speed-up: {spread(ratio, fmt='.1f')}x (goal >= 20x); losses of every step equal within {diff:.1e} "
+          "(relative, asserted < 1e-3)")
+    report("feature_cache", encoder=args.encoder, images=args.images, pairs=n_pairs, reps=args.reps,
+           threads=torch.get_num_threads(), cached_s=summary(times["cached"]),
+           on_the_fly_s=summary(times["on the fly"]), ratio=summary(ratio), extract_s=t_extract,
+           reload_s=t_reload, loss_rel_diff=diff, load_before=before, load_after=after)
     sys.stdout.flush()
 
 

@@ -1,12 +1,12 @@
 """Caption-metric speed: 5,000 images x 5 references, COCO-like synthetic captions.
 
-Prints, measured side by side in one run (wall-clock seconds):
+Prints, interleaved over R repetitions (wall seconds, median and spread; load average before and after):
   * ``score(meteor=False)`` end to end with the PTB (Java) tokenizer and with the Unicode tokenizer;
-  * the two tokenizers alone on the same 30,000 captions, and how often they agree;
-  * CIDEr-D: our port vs pycocoevalcap's ``Cider`` on the same tokens (asserted bit-identical);
-  * with ``--meteor``: METEOR too (a JVM loading a 60 MB paraphrase table).
+  * CIDEr-D: our port vs pycocoevalcap's ``Cider`` on the same tokens (asserted bit-identical, every repetition);
+then, once: the two tokenizers alone on the same 30,000 captions and how often they agree, and with ``--meteor``
+METEOR too (a JVM loading a 60 MB paraphrase table).
 
-    .venv/bin/python bench/bench_metrics.py [--images 5000] [--refs 5] [--meteor]
+    .venv/bin/python bench/bench_metrics.py [--images 5000] [--refs 5] [--reps 5] [--meteor]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import resource
 import time
 
 import numpy as np
+from common import interleave, loadavg, report, spread, summary  # bench/common.py
 
 from modalbridge.metrics import caption as cap
 
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--refs", type=int, default=5)
     ap.add_argument("--meteor", action="store_true")
+    ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     rng = random.Random(0)
     refs = {str(i): [caption(rng) for _ in range(args.refs)] for i in range(args.images)}
@@ -120,44 +122,53 @@ def main() -> None:
     flat = [c for v in refs.values() for c in v] + list(hyps.values())
     print(f"{args.images} images x {args.refs} refs ({len(flat)} captions)")
 
-    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    ptb_scores, t_ptb_total = timed(cap.score, refs, hyps, meteor=False)
-    cpu_ptb_total = CPU["score"]
-    uni_scores, t_uni_total = timed(cap.score, refs, hyps, meteor=False, tokenizer="unicode")
-    cpu_uni_total = CPU["score"]
-    ptb_tok, t_ptb = timed(cap.ptb_tokenize, flat)
-    uni_tok, t_uni = timed(cap.unicode_tokenize, flat)
-    agree = sum(a == b for a, b in zip(ptb_tok, uni_tok, strict=True)) / len(flat)
-
     from pycocoevalcap.cider.cider import Cider
 
+    before = loadavg()
+    # Pair 1: score() end to end with either tokenizer; pair 2: CIDEr-D, our port vs pycocoevalcap, on PTB tokens.
+    ptb_tok = cap.ptb_tokenize(flat)
     n = args.refs * args.images
     gts = {k: ptb_tok[i * args.refs : (i + 1) * args.refs] for i, k in enumerate(refs)}
     res = {k: ptb_tok[n + i] for i, k in enumerate(refs)}
-    (c_ours, per_ours), t_cider = timed(cap.cider_d, gts, res)
-    (c_ref, per_ref), t_cider_ref = timed(Cider().compute_score, gts, {k: [v] for k, v in res.items()})
+    times, outs = interleave({
+        "score, PTB tokenizer": lambda: cap.score(refs, hyps, meteor=False),
+        "score, Unicode tokenizer": lambda: cap.score(refs, hyps, meteor=False, tokenizer="unicode"),
+        "CIDEr-D ours": lambda: cap.cider_d(gts, res),
+        "CIDEr-D pycocoevalcap": lambda: Cider().compute_score(gts, {k: [v] for k, v in res.items()}),
+    }, args.reps)
+    for k, runs in outs.items():  # every repetition gives the same scores
+        assert all(_same(r, runs[0]) for r in runs), f"{k}: scores changed between repetitions"
+    (c_ours, per_ours), (c_ref, per_ref) = outs["CIDEr-D ours"][0], outs["CIDEr-D pycocoevalcap"][0]
     assert c_ours == c_ref and np.array_equal(per_ours, per_ref), "CIDEr port differs from pycocoevalcap"
-
-    print(
-        f"score(meteor=False), PTB tokenizer (Java)   : {t_ptb_total:6.2f} s wall, {cpu_ptb_total:6.2f} s CPU   "
-        f"{_fmt(ptb_scores)}"
-    )
-    print(
-        f"score(meteor=False), Unicode tokenizer      : {t_uni_total:6.2f} s wall, {cpu_uni_total:6.2f} s CPU   "
-        f"{_fmt(uni_scores)}"
-    )
-    print(
-        f"tokenize only: PTB (one JVM call) {t_ptb:6.2f} s | Unicode (Python regex) {t_uni:6.2f} s "
-        f"| ratio {t_ptb / t_uni:4.1f}x | identical output on {100 * agree:.1f}% of captions"
-    )
-    print(
-        f"CIDEr-D only: ours {t_cider:6.2f} s | pycocoevalcap {t_cider_ref:6.2f} s "
-        f"| ratio {t_cider_ref / t_cider:4.1f}x | identical: yes ({c_ours:.6f})"
-    )
+    ptb_tok, t_ptb = timed(cap.ptb_tokenize, flat)
+    uni_tok, t_uni = timed(cap.unicode_tokenize, flat)
+    agree = sum(a == b for a, b in zip(ptb_tok, uni_tok, strict=True)) / len(flat)
+    after = loadavg()
+    print(f"{args.reps} interleaved repetitions, {os.cpu_count()} CPUs; load average before {before}, after {after}")
+    for k, ts in times.items():
+        extra = _fmt(outs[k][0]) if k.startswith("score") else ""
+        print(f"  {k:26s} {spread(ts, fmt='.2f')} s  {extra}")
+    cider_ratio = [r / o for r, o in zip(times["CIDEr-D pycocoevalcap"], times["CIDEr-D ours"], strict=True)]
+    print(f"  CIDEr-D port / pycocoevalcap speed {spread(cider_ratio, fmt='.1f')}x; identical ({c_ours:.6f})")
+    print(f"  tokenize only (once): PTB (one JVM call) {t_ptb:.2f} s | Unicode (Python regex) {t_uni:.2f} s "
+          f"| identical output on {100 * agree:.1f}% of captions")
+    t_full = None
     if args.meteor:
         full, t_full = timed(cap.score, refs, hyps, meteor=True)
-        print(f"score(meteor=True) end to end              : {t_full:6.2f} s wall   METEOR {full['METEOR']:.4f}")
-    print(f"load average after: {os.getloadavg()[0]:.1f}")
+        print(f"  score(meteor=True) end to end (once): {t_full:.2f} s   METEOR {full['METEOR']:.4f}")
+    report("metrics", images=args.images, refs=args.refs, reps=args.reps,
+           seconds={k: summary(v) for k, v in times.items()}, cider_ratio=summary(cider_ratio),
+           tokenizer_agreement=agree, meteor_s=t_full, load_before=before, load_after=after)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, tuple):
+        return all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
 
 
 def _fmt(s: dict) -> str:

@@ -13,6 +13,8 @@ import shutil
 import time
 from pathlib import Path
 
+from common import report  # bench/common.py
+
 
 def stage(name: str, fn, clock: dict):
     w, c = time.perf_counter(), time.process_time()
@@ -41,6 +43,8 @@ def main() -> None:
     print(f"{meta['n_total']} sentences, {meta['n_total'] / clock['sentences'][1]:.0f} per cpu second; "
           f"sentences.jsonl {(out / 'sentences.jsonl').stat().st_size / 1e6:.1f} MB")
     print(f"total        wall {total_wall:6.2f} s   cpu {total_cpu:6.2f} s   ({total_cpu / 60:.0%} of one minute, cpu)")
+    report("prepare", sentences=meta["n_total"], vocab=args.vocab, wall_s=total_wall, cpu_s=total_cpu,
+           stages_wall_s={k: w for k, (w, _) in clock.items()})
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from common import loadavg, report, summary  # bench/common.py
+
 CHILD = r"""
 import json, sys, time, hashlib
 import torch
@@ -31,9 +33,12 @@ work = sys.argv[1]
 if work == "encode":
     from modalbridge.text import load_text_encoder
     enc = load_text_encoder("minilm")
-    texts = [f"a photo of {w} number {i} on a table" for i, w in enumerate(["a red dress", "two boots", "a cat"] * 86)][:256]
+    words = ["a red dress", "two boots", "a cat"] * 86
+    texts = [f"a photo of {w} number {i} on a table" for i, w in enumerate(words)][:256]
     enc.encode(texts[:16])
-    t0 = time.perf_counter(); out = enc.encode(texts).hidden; dt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = enc.encode(texts).hidden
+    dt = time.perf_counter() - t0
     summary = out.sum(dim=(1, 2))
 else:
     sys.path.insert(0, "bench")
@@ -42,7 +47,9 @@ else:
     dec = build()
     memory = torch.randn(32, 49, 512, generator=torch.Generator().manual_seed(1))
     beam_search(dec, memory[:2], BOS, EOS, beam_size=5, max_len=20)
-    t0 = time.perf_counter(); out = beam_search(dec, memory, BOS, EOS, beam_size=5, max_len=20); dt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = beam_search(dec, memory, BOS, EOS, beam_size=5, max_len=20)
+    dt = time.perf_counter() - t0
     summary = torch.tensor(out.logprob)
 print(json.dumps({"seconds": dt, "threads": torch.get_num_threads(), "summary": summary.tolist()}))
 """
@@ -54,10 +61,6 @@ SETTINGS = {  # name -> (threads argument, extra environment)
     "2 spin 10k": ("2", {"GOMP_SPINCOUNT": "10000"}),
     "auto": ("auto", {}),
 }
-
-
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def child(work: str, setting: str) -> dict:
@@ -75,7 +78,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--workload", nargs="+", default=["encode", "beam"], choices=["encode", "beam"])
     args = ap.parse_args()
-    print(f"cpus={os.cpu_count()} reps={args.reps}; load average at start: {loadavg()}")
+    before = loadavg()
+    print(f"cpus={os.cpu_count()} reps={args.reps}; load average at start: {before}")
+    summaries = {}
     for work in args.workload:
         results: dict[tuple[str, str], list[float]] = {}
         ref = child(work, "1 thread")["summary"]
@@ -101,7 +106,10 @@ def main() -> None:
             print(f"{setting:12s} {statistics.median(q):9.3f} ({min(q):.3f}..{max(q):.3f}) "
                   f"{statistics.median(lo):9.3f} ({min(lo):.3f}..{max(lo):.3f}) "
                   f"{statistics.median(lo) / statistics.median(q):8.2f}x")
-    print(f"\nload average at end: {loadavg()}")
+        summaries[work] = {f"{k[0]}, {k[1]}": summary(v) for k, v in results.items()}
+    after = loadavg()
+    print(f"\nload average at end: {after}")
+    report("threads", reps=args.reps, seconds=summaries, load_before=before, load_after=after)
 
 
 if __name__ == "__main__":
