@@ -1,7 +1,7 @@
 """Shared bench helpers: interleaved repetitions, median and spread, load average, a background load, result lines.
 
 Every bench prints a last line ``RESULT {json}`` with its key figures; ``bench/run_all.py`` (``make bench``)
-collects them into docs/results/bench.json and regenerates the README's benchmark table from that file.
+collects them into docs/results/bench.json and regenerates the table in docs/benchmarks.md from that file.
 """
 
 from __future__ import annotations
