@@ -21,7 +21,7 @@ import anyio
 import gradio as gr
 from PIL import Image
 
-from modalbridge.app.server import ApiError, Limits, Services, check_draw_args, png_base64
+from modalbridge.app.services import ApiError, Limits, Services, check_draw_args, png_base64
 from modalbridge.errors import UserError
 
 log = logging.getLogger("modalbridge.app")
