@@ -27,7 +27,7 @@ class _Spy:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    from test_caption_train import tiny_resnet
+    from tiny import tiny_resnet
 
     from modalbridge import checkpoint
     from modalbridge.captioning.pipeline import load_captioner

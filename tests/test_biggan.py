@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import save_published
 
 from modalbridge.errors import UserError
 from modalbridge.generators import GENERATORS, load_generator
@@ -181,14 +182,6 @@ def test_small_config_trains_and_records_standing_stats():
     with torch.inference_mode():
         y = model(truncated_noise(4, 128, 0.5, 0), model.embed(labels), 0.5)
     assert torch.isfinite(y).all() and y.abs().max() <= 1
-
-
-def save_published(model: BigGAN, path):
-    path.mkdir()
-    cfg = {k: v for k, v in vars(model.config).items() if k != "out_channels"}
-    (path / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))  # as the reference's to_json
-    # the published files date from torch 1.0: the legacy (pre-zip) serialisation, which weights_only also reads
-    torch.save(model.state_dict(), path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
 
 
 def test_load_generator_published_format(tmp_path):

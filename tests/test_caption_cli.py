@@ -27,7 +27,7 @@ def _error_line(result) -> str:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from test_caption_train import tiny_resnet
+    from tiny import tiny_resnet
 
     from modalbridge.captioning.sat import SATConfig, ShowAttendTell, ShowTell
     from modalbridge.captioning.vocab import Vocab

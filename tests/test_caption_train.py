@@ -11,45 +11,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import COLOURS, make_fixture, tiny_resnet
 
 from modalbridge.registry import load_builtins
 
 ROOT = Path(__file__).resolve().parents[1]
-COLOURS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210)}
-SHAPES = ["square", "stripe"]
-
-
-def make_fixture(root: Path, n_train: int = 18, n_val: int = 6, n_test: int = 4, seed: int = 0) -> Path:
-    """Images of a coloured shape on noise, captions naming both, in the ``folder:`` jsonl format."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        for i in range(n):
-            colour = list(COLOURS)[i % 3]
-            shape = SHAPES[(i // 3) % 2]
-            arr = rng.integers(0, 60, (48, 64, 3), dtype=np.uint8)
-            if shape == "square":
-                arr[12:36, 20:44] = COLOURS[colour]
-            else:
-                arr[:, 26:38] = COLOURS[colour]
-            name = f"{split}_{i:03d}.png"
-            Image.fromarray(arr).save(root / name)
-            caps = [f"a {colour} {shape}", f"the {shape} is {colour}", f"one {colour} {shape} on noise"]
-            lines.append(json.dumps({"image": name, "captions": caps, "split": split}))
-    (root / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return root
-
-
-def tiny_resnet(path: Path) -> Path:
-    from transformers import ResNetConfig, ResNetModel
-    from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
-
-    torch.manual_seed(0)
-    cfg = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="basic")
-    ResNetModel(cfg).save_pretrained(path)
-    ConvNextImageProcessorPil(size={"shortest_edge": 64}, crop_pct=0.875).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +150,7 @@ def test_bad_config_values_are_user_errors(tmp_path):
 
 
 def test_clipcap_trains_through_the_task_with_the_lm_tokenizer(tmp_path):
-    from test_clipcap import build_tiny_lm
+    from tiny import build_tiny_lm
 
     from modalbridge.captioning.pipeline import load_captioner
     from modalbridge.training import engine
@@ -242,7 +208,7 @@ def test_val_decoding_options_come_from_the_config(tmp_path, monkeypatch):
     """data.val_length_penalty / val_top_p / val_temperature are checked before any work and used by val/CIDEr."""
     from modalbridge.captioning import decoding
     from modalbridge.captioning.sat import SATConfig, ShowAttendTell
-    from modalbridge.captioning.train import CaptionTask, Text
+    from modalbridge.captioning.train import CaptionCodec, CaptionTask
     from modalbridge.captioning.vocab import Vocab
     from modalbridge.errors import UserError
     from modalbridge.training import engine
@@ -269,10 +235,24 @@ def test_val_decoding_options_come_from_the_config(tmp_path, monkeypatch):
 
     task.decoding = _val_decoding(cfg.data)
     task.vocab = Vocab(["a", "red", "square"])
-    task.text = Text(task.vocab)
+    task.text = CaptionCodec(task.vocab)
     task.cider_features = torch.randn(2, 4, 8)
     task.cider_records = [type("R", (), {"captions": ["a red square"]})()] * 2
     model = ShowAttendTell(SATConfig(vocab_size=7, feature_dim=8, embed_dim=8, hidden_dim=8, attention_dim=8,
                                      max_len=4))
     scores = task.decode_and_score(model)
     assert calls == [(0.7, 0.5)] and "CIDEr" in scores
+
+
+def test_max_train_images_cap_is_said_not_silent():
+    import warnings
+    from types import SimpleNamespace
+
+    from modalbridge.captioning.train import _split
+
+    recs = [SimpleNamespace(split="train") for _ in range(5)] + [SimpleNamespace(split="test")]
+    with pytest.warns(UserWarning, match="first 2 of 5 'train' images"):
+        assert len(_split(recs, "train", 2)) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no cap, or a cap above the size: nothing to say
+        assert len(_split(recs, "train", 0)) == len(_split(recs, "train", 9)) == 5

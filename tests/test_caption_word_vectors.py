@@ -117,7 +117,7 @@ def test_spacy_md_without_spacy_is_one_clear_error():
 
 
 def test_frozen_vectors_survive_training_and_are_recorded(tmp_path):
-    from test_caption_train import make_fixture, tiny_resnet
+    from tiny import make_fixture, tiny_resnet
 
     from modalbridge import checkpoint
     from modalbridge.training import engine

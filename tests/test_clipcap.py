@@ -3,40 +3,15 @@ frozen LM left out of the model directory, decoding through the protocol."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from tiny import LM_WORDS as WORDS
+from tiny import build_tiny_lm
 
 from modalbridge import checkpoint
 from modalbridge.captioning.clipcap import ClipCap, lm_location
 from modalbridge.captioning.sat import IGNORE
 from modalbridge.errors import UserError
-
-WORDS = [f"w{i}" for i in range(95)]
-
-
-def build_tiny_lm(path: Path, arch: str = "gpt2") -> Path:
-    """A tiny random causal LM (hidden 32, 2 layers, vocab 99) with a word-level tokenizer, saved to ``path``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<unk>", "<s>", "</s>"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    torch.manual_seed(0)
-    if arch == "gpt2":
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                       unk_token="<unk>")
-        lm = GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64))
-    else:
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", bos_token="<s>", unk_token="<unk>")
-        lm = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
-    lm.save_pretrained(path)
-    fast.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +121,7 @@ def test_lm_location_and_errors(lms, tmp_path):
 
 
 def test_clipcap_model_dir_captions_through_the_pipeline(lms, tmp_path):
-    from test_caption_train import tiny_resnet
+    from tiny import tiny_resnet
 
     from modalbridge.captioning.pipeline import load_captioner
 

@@ -12,7 +12,7 @@ HEAVY = ["gradio", "lightning", "pytorch_lightning", "lightning_fabric", "mlflow
 
 # Everything the three commands import at module level or lazily on their way to a loaded model, without loading
 # one: the CLI, the pipelines, the model families they register and the decoding helpers (not the training
-# tasks such as generators/gan.py: Lightning belongs to `train`).
+# tasks such as training/gan.py: Lightning belongs to `train`).
 IMPORTS = """
 import json, sys
 import modalbridge.cli as cli

@@ -8,25 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from test_t2i_features import make_tiny_generator, tiny_vocab
-from test_text_encoders import make_tiny_encoder
+from tiny import make_tiny_mapper
 from typer.testing import CliRunner
 
-from modalbridge import assets, checkpoint
+from modalbridge import assets
 from modalbridge.cli import app
 from modalbridge.errors import UserError
-from modalbridge.generators import load_generator, truncated_noise
+from modalbridge.generators import truncated_noise
 from modalbridge.t2i import pipeline as P
-from modalbridge.t2i.mapper import MapperConfig, T2IMapper
-
-
-def make_tiny_mapper(root: Path) -> Path:
-    enc, gen = make_tiny_encoder(root / "enc"), make_tiny_generator(root / "gen")
-    table = load_generator(gen).class_embeddings.detach()
-    torch.manual_seed(0)
-    cfg = MapperConfig(kind="inspan", text_hidden=32, embed_dim=128, num_classes=len(table), hidden=32,
-                       text_encoder=str(enc), generator=str(gen), max_length=64)
-    return checkpoint.save(T2IMapper(cfg, table=table), root / "mapper", vocab=tiny_vocab().to_dict())
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from torch import nn
 
 from modalbridge import assets, checkpoint
 from modalbridge.generators import load_generator
-from modalbridge.generators.gan import (
+from modalbridge.training.gan import (
     DiscriminatorConfig,
     GANTask,
     ProjectionDiscriminator,

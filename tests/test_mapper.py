@@ -158,8 +158,7 @@ def test_t2i_mapper_task_trains_and_exports(tmp_path):
     import csv
     import json
 
-    from test_t2i_features import make_tiny_generator, make_tiny_sentences
-    from test_text_encoders import make_tiny_encoder
+    from tiny import make_tiny_encoder, make_tiny_generator, make_tiny_sentences
     from typer.testing import CliRunner
 
     from modalbridge.cli import app

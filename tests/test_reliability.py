@@ -304,7 +304,7 @@ def test_text_encoder_with_pickled_code_is_refused_not_run(tmp_path):
     import os
     import pickle
 
-    from test_text_encoders import make_tiny_encoder
+    from tiny import make_tiny_encoder
 
     enc = make_tiny_encoder(tmp_path / "enc")
     (enc / "model.safetensors").unlink()
@@ -315,7 +315,7 @@ def test_text_encoder_with_pickled_code_is_refused_not_run(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     (enc / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Evil()}))
-    from test_t2i_features import make_tiny_sentences
+    from tiny import make_tiny_sentences
 
     from modalbridge.errors import UserError
     from modalbridge.text.encoders import load_text_encoder

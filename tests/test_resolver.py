@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_biggan import save_published
-from test_t2i_features import make_tiny_generator, tiny_vocab
-from test_text_encoders import make_tiny_encoder
+from tiny import make_tiny_encoder, make_tiny_generator, save_published, tiny_vocab
 from typer.testing import CliRunner
 
 from modalbridge import checkpoint

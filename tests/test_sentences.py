@@ -107,7 +107,7 @@ def test_plural_templates_inflect(imagenet_rows):
 
 
 def test_ambiguous_words_get_mixtures_unless_narrowed(imagenet):
-    g = sentences._Generator(imagenet, 0, SentenceConfig())
+    g = sentences.SentenceSampler(imagenet, 0, SentenceConfig())
     text, classes, weights = g.render(TEMPLATES[0], 134, "crane")
     assert text == "a crane" and classes == (134, 517) and weights == (0.5, 0.5)
     disamb = next(t for t in TEMPLATES if t.kind == "disamb")
@@ -124,7 +124,7 @@ def test_ambiguous_words_get_mixtures_unless_narrowed(imagenet):
         vocabulary.VocabClass(0, None, "bat", ["bat"], ["thing", "mammal"], ["x1", "x2"], category="animal"),
         vocabulary.VocabClass(1, None, "club", ["club", "bat"], ["thing", "tool"], ["x1", "x3"]),
     ])
-    gb = sentences._Generator(bat, 0, SentenceConfig())
+    gb = sentences.SentenceSampler(bat, 0, SentenceConfig())
     assert gb.render(disamb, 0, "bat")[:2] == ("a bat, a kind of mammal", (0,))
     assert gb.render(disamb, 1, "bat")[:2] == ("a bat, a kind of tool", (1,))
     assert gb.render(TEMPLATES[0], 1, "bat")[1:] == ((0, 1), (0.5, 0.5))

@@ -3,46 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from test_text_encoders import make_tiny_encoder
+from tiny import make_tiny_encoder, make_tiny_sentences
 from typer.testing import CliRunner
 
 from modalbridge.cli import app
 from modalbridge.errors import UserError
 from modalbridge.t2i import features
-from modalbridge.t2i.vocabulary import VocabClass, Vocabulary
 from modalbridge.text import load_text_encoder
-
-TINY_CLASSES = [("Dress", ["dress", "gown"]), ("Bag", ["bag", "handbag", "purse"]), ("Shirt", ["shirt", "blouse"]),
-                ("Elephant", ["elephant"]), ("Bus", ["bus"])]  # fmt: skip
-
-
-def tiny_vocab() -> Vocabulary:
-    return Vocabulary([VocabClass(i, f"n{i:08d}", label, lemmas, category="clothing")
-                       for i, (label, lemmas) in enumerate(TINY_CLASSES)])
-
-
-def make_tiny_sentences(path: Path, n: int = 300, seed: int = 0) -> Path:
-    from modalbridge.t2i import sentences
-
-    sentences.prepare(tiny_vocab(), path, n=n, seed=seed)
-    return path
-
-
-def make_tiny_generator(path: Path, num_classes: int = len(TINY_CLASSES), seed: int = 0) -> Path:
-    """A random 8x8 grayscale BigGAN-deep model directory (z 128, class embeddings 128)."""
-    from modalbridge import checkpoint
-    from modalbridge.generators.biggan import BigGAN, BigGANConfig
-
-    torch.manual_seed(seed)
-    model = BigGAN(BigGANConfig.small(resolution=8, channel_width=8, num_classes=num_classes, attention=False))
-    with torch.no_grad():
-        model.embeddings.weight.normal_()  # distinct, well-spread class embeddings
-    checkpoint.save(model, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -7,42 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import make_tiny_encoder
 
 from modalbridge.errors import UserError
 from modalbridge.text import TEXT_ENCODERS, load_text_encoder
-
-WORDS = (
-    "the a an and with of in on red blue green black white small big dress dresses shirt shirts bag bags "
-    "shoe shoes boot boots coat coats trouser trousers sneaker sandal pullover elephant bus cat dog photo "
-    "picture drawing of , . ! ?"
-).split()
-
-
-def tiny_vocab() -> dict[str, int]:
-    """99 word pieces: specials, letters, '##' letters and a few whole words (so words split into pieces)."""
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    pieces += list("abcdefghijklmnopqrstuvwxyz") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
-    pieces += [w for w in WORDS if w not in pieces]
-    return {p: i for i, p in enumerate(pieces[:99])}
-
-
-def make_tiny_encoder(path: Path, arch: str = "bert", seed: int = 0) -> Path:
-    """Save a random hidden-32, 2-layer, vocab-99 BERT or DistilBERT + fast tokenizer in ``path``."""
-    from transformers import BertConfig, BertModel, BertTokenizer, DistilBertConfig, DistilBertModel
-
-    torch.manual_seed(seed)
-    vocab = tiny_vocab()
-    if arch == "bert":
-        cfg = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=37, max_position_embeddings=64)
-        model = BertModel(cfg)
-    else:
-        cfg = DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
-                               max_position_embeddings=64)
-        model = DistilBertModel(cfg)
-    model.save_pretrained(path)
-    BertTokenizer(vocab=vocab, model_max_length=64).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -50,9 +50,10 @@ TASKS = Registry("task")
 BUILTIN_MODULES = [
     "modalbridge.training.toy",
     "modalbridge.generators.biggan",
-    "modalbridge.generators.gan",
+    "modalbridge.training.gan",
     "modalbridge.vision.classifier",
     "modalbridge.t2i.mapper",
+    "modalbridge.t2i.resolver",
     "modalbridge.t2i.train",
     "modalbridge.captioning.sat",
     "modalbridge.captioning.clipcap",
