@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from modalbridge import checkpoint
 from modalbridge.generators import load_generator
-from modalbridge.generators.gan import sample
+from modalbridge.training.gan import sample
 from modalbridge.vision import fashion_mnist
 from modalbridge.vision.classifier import (
     frechet_distance_features,

@@ -110,6 +110,17 @@ def resolve(spec: str | os.PathLike, allow_download: bool | None = None) -> Path
     return hub_snapshot(spec, allow_download)
 
 
+def resolve_model(spec: str | os.PathLike | None, default: str, what: str = "model") -> Path:
+    """A model spec -> its local model directory, absolute: a directory, an embedded name, an offline package or a
+    hub id; None or "" = ``default``. Every loader (``load_classifier``, ``load_pipeline``, ``load_captioner``)
+    resolves through here; ``what`` names the kind of model in errors."""
+    spec = default if spec is None or not str(spec).strip() else spec
+    path = resolve(spec)
+    if not path.is_dir():
+        raise UserError(f"{path} is not a {what} directory")
+    return path.resolve()
+
+
 def hub_snapshot(repo_id: str, allow_download: bool | None = None) -> Path:
     """A hub repo from the local cache, or downloaded (announced on stderr) when allowed."""
     from huggingface_hub import snapshot_download

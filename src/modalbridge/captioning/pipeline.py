@@ -285,29 +285,13 @@ class Captioner:
         return out
 
 
-def resolve_model(spec: str | Path | None) -> Path:
-    """Model spec -> model directory; None = the embedded default."""
-    if spec is None or str(spec).strip() == "":
-        found = assets.embedded(DEFAULT_MODEL)
-        if found is None:
-            raise UserError(
-                f"the default captioning model '{DEFAULT_MODEL}' is not built into this install yet; pass --model "
-                "with a model directory (e.g. runs/<name>/<time>/model from `modalbridge train configs/caption/...`)"
-            )
-        return found
-    path = assets.resolve(str(spec))
-    if not path.is_dir():
-        raise UserError(f"{path} is not a captioning model directory")
-    return path
-
-
 def load_captioner(spec: str | Path | None = None, device: str | torch.device = "cpu") -> Captioner:
     """Load a captioning model directory (path, embedded name, or None for ``caption-fashion``) and its encoder."""
     from modalbridge.captioning import clipcap, sat  # noqa: F401 - register the model types
     from modalbridge.captioning.vocab import Vocab
     from modalbridge.vision.encoders import build_encoder
 
-    path = resolve_model(spec)
+    path = assets.resolve_model(spec, DEFAULT_MODEL, "captioning model")
     model = ckpt.load(path, expected=CAPTION_MODEL_TYPES)
     vocab = None
     if model.model_type != "clipcap":

@@ -23,6 +23,7 @@ size, feature dims, encoder, special ids) are filled in here.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -118,7 +119,7 @@ class Split:
     pairs: list[tuple[int, list[int]]]
 
 
-class Text:
+class CaptionCodec:
     """Caption text <-> ids for either a word Vocab (SAT) or a ClipCap LM tokenizer."""
 
     def __init__(self, vocab=None, model=None, max_len: int = 20):
@@ -148,7 +149,11 @@ def _split(records: list, name: str, limit: int) -> list:
     if not out:
         splits = sorted({r.split for r in records})
         raise UserError(f"dataset has no '{name}' split (splits: {', '.join(splits) or 'none'})")
-    return out[:limit] if limit > 0 else out
+    if 0 < limit < len(out):  # said, not silent: a config cap can drop much of the data
+        warnings.warn(f"using the first {limit} of {len(out)} '{name}' images (data.max_train_images={limit}; "
+                      "0 = all)", stacklevel=2)
+        return out[:limit]
+    return out
 
 
 class CaptionData(pl.LightningDataModule):
@@ -226,7 +231,7 @@ class CaptionTask(Task):
         del encoder
         self.model = self._build_model(cls, params, enc, [c for r in train_recs for c in r.captions])
         self.feature = self.model.feature
-        self.text = Text(self.vocab, None if self.vocab is not None else self.model, d.max_len)
+        self.text = CaptionCodec(self.vocab, None if self.vocab is not None else self.model, d.max_len)
         self.pad_id = self.model.config.pad_id
         self.train_data = self._make_split(train_recs, caches[0].get(self.feature))
         n_val = d.max_val_images if d.max_val_images > 0 else len(val_recs)

@@ -189,5 +189,4 @@ def load_classifier(spec: str | Path | None = None) -> TextClassifier:
     Args:
         spec: a model directory or embedded name (``t2i-imagenet``, ``t2i-fashion``); None = the default of ``draw``.
     """
-    path = assets.resolve(spec if spec is not None else DEFAULT_MODEL)
-    return _load(str(Path(path).resolve()))
+    return _load(str(assets.resolve_model(spec, DEFAULT_MODEL, "text -> class model")))

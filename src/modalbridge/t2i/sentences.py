@@ -30,7 +30,6 @@ import os
 import random
 import re
 import shutil
-import string
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -39,6 +38,23 @@ from pathlib import Path
 
 from modalbridge.errors import UserError, read_json
 from modalbridge.t2i import inflect
+from modalbridge.t2i.templates import (
+    ADJECTIVES,
+    DETERMINERS,
+    GENERIC_ADJ,
+    GENERIC_PLACE,
+    GENERIC_VERB,
+    NEVER_HELD_OUT,
+    NUMBERS,
+    PLACES,
+    PLURAL_SLOTS,
+    SLOTS,
+    STYLES,
+    SUBJECTS,
+    TEMPLATES,
+    VERBS,
+    Template,
+)
 from modalbridge.t2i.vocabulary import Vocabulary, key
 
 FORMAT = "modalbridge.sentences"
@@ -46,107 +62,6 @@ VERSION = 1
 SPLITS = ("train", "val", "test_template", "test_synonym")
 SOURCES = ("template", "synonym", "hypernym", "gloss", "mined")
 FIELDS = ("text", "classes", "weights", "split", "source", "template", "lemma")
-
-# ---------------------------------------------------------------------------------------------- fillers
-SUBJECTS = ["a man", "a woman", "a child", "a boy", "a girl", "an old man", "a young woman", "someone",
-            "a person", "my friend", "a tourist", "my neighbor"]
-NUMBERS = ["two", "three", "four", "five", "several", "a few", "many", "a couple of"]
-STYLES = ["photo", "photograph", "picture", "painting", "drawing", "sketch", "watercolor painting", "oil painting",
-          "pencil drawing", "illustration", "close-up photo", "black and white photo", "blurry photo", "snapshot",
-          "3D render", "cartoon"]
-GENERIC_ADJ = ["small", "large", "big", "little", "beautiful", "lovely", "typical", "realistic", "tiny", "huge"]
-GENERIC_PLACE = ["in the picture", "in the center of the frame", "on a white background", "in the foreground",
-                 "in the middle of the image", "seen from the side", "seen from above", "in bright sunlight",
-                 "in the shade", "in soft lighting"]
-GENERIC_VERB = ["looking at", "photographing", "pointing at", "drawing", "admiring"]
-# Category-specific fillers: they fit the category, and they narrow an ambiguous word to it.
-ADJECTIVES = {
-    "animal": ["cute", "young", "wild", "sleepy", "hungry", "curious", "majestic", "adult", "friendly", "lonely"],
-    "person": ["young", "happy", "smiling", "tall", "proud", "cheerful"],
-    "food": ["fresh", "delicious", "homemade", "tasty", "hot", "appetizing", "half-eaten"],
-    "plant": ["wild", "lush", "healthy", "flowering", "dewy"],
-    "landscape": ["majestic", "misty", "sunny", "quiet", "stunning", "secluded"],
-    "vehicle": ["new", "rusty", "shiny", "vintage", "modern", "fast", "red", "white"],
-    "structure": ["ancient", "modern", "abandoned", "historic", "famous", "old"],
-    "clothing": ["red", "blue", "black", "white", "striped", "plain", "stylish", "casual", "elegant", "pink"],
-    "artifact": ["new", "old", "broken", "shiny", "vintage", "antique", "dusty", "used", "black", "white"],
-}
-PLACES = {
-    "animal": ["in the wild", "at the zoo", "on the grass", "in the forest", "near the water", "in its habitat",
-               "in a meadow"],
-    "person": ["at the park", "in the city", "at a party", "outdoors", "on a sunny afternoon"],
-    "food": ["on a serving dish", "on the dinner table", "in a bowl", "on the kitchen counter", "at a diner",
-             "in the kitchen"],
-    "plant": ["in the garden", "in a meadow", "in the forest", "on the ground", "in a field"],
-    "landscape": ["at sunset", "under a blue sky", "in the distance", "on a cloudy day", "in summer",
-                  "in the morning sun"],
-    "vehicle": ["in the city", "at night", "in the rain", "under a cloudy sky", "at dusk", "in the distance"],
-    "structure": ["in the city", "in the countryside", "at night", "under a blue sky", "on a hill",
-                  "by the river"],
-    "clothing": ["on a hanger", "in a store window", "on a mannequin", "in a dressing room", "on display",
-                 "folded on a bed"],
-    "artifact": ["on the floor", "in a room", "on a workbench", "in a store", "on a table", "in a workshop"],
-}
-VERBS = {
-    "animal": ["feeding", "watching", "petting"],
-    "person": ["talking to", "greeting", "standing next to"],
-    "food": ["eating", "serving", "sharing", "tasting"],
-    "plant": ["picking", "watering", "smelling"],
-    "landscape": ["hiking near", "painting", "walking toward"],
-    "vehicle": ["driving", "riding", "repairing", "washing"],
-    "structure": ["visiting", "walking past", "entering"],
-    "clothing": ["wearing", "trying on", "buying", "carrying"],
-    "artifact": ["holding", "using", "carrying", "buying", "cleaning"],
-}
-
-
-@dataclass(frozen=True)
-class Template:
-    id: int
-    text: str
-    kind: str  # single | plural | disamb | pair | gloss
-
-    @property
-    def names_class(self) -> bool:
-        """Does the rendered text contain the class word (some gloss templates do not)?"""
-        return any(s in self.text for s in ("{a}", "{a_adj}", "{the}", "{the_adj}", "{bare}", "{pl}", "{adj_pl}"))
-
-
-_T = [
-    # single noun phrase
-    ("single", "{a}"), ("single", "{a_adj}"), ("single", "{a} {place}"), ("single", "{a_adj} {place}"),
-    ("single", "{style_a} of {a}"), ("single", "{style_a} of {a_adj}"), ("single", "{style_a} of {a} {place}"),
-    ("single", "a close-up of {the}"), ("single", "there is {a} {place}"), ("single", "this is {a}"),
-    ("single", "here is {a_adj}"), ("single", "look at {the}!"), ("single", "I see {a} {place}"),
-    ("single", "{subj} {verb} {a}"), ("single", "{subj} {verb} {a_adj} {place}"), ("single", "draw {a}"),
-    ("single", "draw me {a_adj}"), ("single", "please draw {a} {place}"), ("single", "show me {a}"),
-    ("single", "generate an image of {a}"), ("single", "create {style_a} of {a_adj}"),
-    ("single", "can you paint {a}?"), ("single", "I would like to see {a_adj}"),
-    ("single", "what does {a} look like?"), ("single", "{the} {place}"), ("single", "{the_adj} {place}"),
-    ("single", "{a}, {style}"), ("single", "{style_a} showing {a}"), ("single", "an image containing {a}"),
-    ("single", "{a_adj}, high quality photo"), ("single", "{subj} is {verb} {the}"),
-    ("single", "my {style} of {the}"),
-    # plural
-    ("plural", "{num} {pl}"), ("plural", "{num} {adj_pl} {place}"), ("plural", "{style_a} of {num} {pl}"),
-    ("plural", "some {pl} {place}"), ("plural", "{pl} {place}"), ("plural", "a collection of {pl}"),
-    ("plural", "{subj} {verb} {num} {pl}"), ("plural", "there are {num} {pl} {place}"),
-    ("plural", "lots of {adj_pl}"),
-    # disambiguated by the nearest hypernym
-    ("disamb", "{a}, a kind of {hyper}"), ("disamb", "{a} ({hyper})"),
-    ("disamb", "{style_a} of {a}, which is a type of {hyper}"), ("disamb", "{a}, the {hyper}"),
-    # two classes
-    ("pair", "{a} and {b}"), ("pair", "{a} next to {b}"), ("pair", "{style_a} of {a} and {b}"),
-    ("pair", "{a} with {b}"), ("pair", "{a} beside {b}"),
-    # glosses ("{gloss_np}" alone names no class word)
-    ("gloss", "{a} is {gloss_np}"), ("gloss", "{gloss_np}"), ("gloss", "{style_a} of {gloss_np}"),
-    ("gloss", "{bare}: {gloss}"), ("gloss", "{a}, which is {gloss_np}"),
-]
-TEMPLATES = tuple(Template(i, t, k) for i, (k, t) in enumerate(_T))
-_SLOTS = {t.id: frozenset(f for _, f, _, _ in string.Formatter().parse(t.text) if f) for t in TEMPLATES}
-_PLURAL_SLOTS = frozenset({"pl", "adj_pl"})
-NEVER_HELD_OUT = (0, 1)  # the bare "{a}" / "{a_adj}" forms are what users type most; train always sees them
-_DETERMINERS = ("a ", "an ", "the ", "any ", "one ", "some ", "two ", "several ")
-
 
 @dataclass
 class SentenceConfig:
@@ -199,10 +114,10 @@ def _gloss_clause(gloss: str) -> str:
 
 def _gloss_np(gloss: str) -> str:
     g = _gloss_clause(gloss)
-    return g if g.lower().startswith(_DETERMINERS) else f"{inflect.article(g)} {g}"
+    return g if g.lower().startswith(DETERMINERS) else f"{inflect.article(g)} {g}"
 
 
-class _Generator:
+class SentenceSampler:
     """Renders sentences; all randomness from one ``random.Random(seed)`` and sorted containers only."""
 
     def __init__(self, vocab: Vocabulary, seed: int, cfg: SentenceConfig):
@@ -293,7 +208,7 @@ class _Generator:
         rng, v = self.rng, self.v
         cls = v[c]
         ph = Phrase(lemma, lemma in cls.scientific)
-        slots = _SLOTS[t.id]
+        slots = SLOTS[t.id]
         cats: set[str] | None = None
         values: dict[str, str] = {}
         for slot in ("verb", "place", "adj"):  # category fillers, in a fixed order (determinism)
@@ -314,7 +229,7 @@ class _Generator:
                  "pl": ph.plural, "adj_pl": lambda: ph.plural(adj), "bare": lambda: lemma}
         for slot in slots & forms.keys():
             values[slot] = forms[slot]()
-        surface = inflect.plural(lemma) if slots & _PLURAL_SLOTS else lemma
+        surface = inflect.plural(lemma) if slots & PLURAL_SLOTS else lemma
         if t.kind == "gloss":
             values.update(gloss=_gloss_clause(cls.gloss), gloss_np=_gloss_np(cls.gloss))
             return t.text.format(**values), (c,), (1.0,)
@@ -477,7 +392,7 @@ def generate(
         raise UserError("split fractions must be >= 0 and leave room for train")
     files = [Path(f) for f in captions]
     parsed = [read_captions(f) for f in files]  # fail on bad input before any work
-    g = _Generator(vocab, seed, cfg)
+    g = SentenceSampler(vocab, seed, cfg)
     rows: list[dict] = []
     seen: set[str] = set()
     bounds = [(cfg.val, "val"), (cfg.test_template, "test_template"), (cfg.test_synonym, "test_synonym")]
@@ -647,13 +562,6 @@ def load_vocabulary(directory: str | Path) -> Vocabulary:
     from modalbridge.t2i.vocabulary import load
 
     return load(_require(directory, VOCAB_NAME))
-
-
-def load_meta(directory: str | Path) -> dict:
-    try:
-        return json.loads(_require(directory, META_NAME).read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        raise UserError(f"{directory}/{META_NAME} is not valid JSON") from None
 
 
 def sentences_hash(directory: str | Path) -> str:

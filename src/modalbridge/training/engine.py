@@ -13,7 +13,6 @@ builds the task named by ``task:`` from the ``TASKS`` registry and runs a Lightn
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as _dt
 import os
 from dataclasses import dataclass, field
@@ -143,18 +142,16 @@ def check_values(cfg: RunConfig) -> None:
             raise UserError(f"config key '{key}' must be {want}, got {value!r}")
 
 
-class EpochSeed:
-    """Reseed torch at every epoch start from (seed, epoch): dropout and augmentation do not depend on history,
-    so a run resumed from a checkpoint continues exactly as the uninterrupted run."""
+def epoch_seed_callback(seed: int):
+    """A Lightning callback that reseeds torch at every epoch start from (seed, epoch): dropout and augmentation do
+    not depend on history, so a run resumed from a checkpoint continues exactly as the uninterrupted run."""
+    import lightning.pytorch as pl
 
-    def __new__(cls, seed: int):
-        import lightning.pytorch as pl
+    class EpochSeed(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            torch.manual_seed(seed * 100_003 + trainer.current_epoch)
 
-        class _EpochSeed(pl.Callback):
-            def on_train_epoch_start(self, trainer, pl_module):
-                torch.manual_seed(seed * 100_003 + trainer.current_epoch)
-
-        return _EpochSeed()
+    return EpochSeed()
 
 
 class LastCheckpoint:
@@ -316,7 +313,7 @@ def _callbacks(cfg: RunConfig, run_dir: Path) -> list:
 
     c = cfg.checkpoint
     out = [
-        EpochSeed(cfg.seed),
+        epoch_seed_callback(cfg.seed),
         C.ModelCheckpoint(
             dirpath=run_dir / "checkpoints", filename="best", monitor=c.monitor, mode=c.mode, save_last=False,
             save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
@@ -438,6 +435,3 @@ def export_best(trainer, module, task, cfg: RunConfig, run_dir: Path) -> Path:
     metrics.update(epochs)
     return task.export(module, run_dir / "model", metrics=metrics, run_config=to_dict(cfg))
 
-
-def config_fields(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]

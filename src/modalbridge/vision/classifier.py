@@ -1,6 +1,6 @@
 """A small Fashion-MNIST CNN classifier and the Fréchet distance on its penultimate features.
 
-It is the judge of the GAN we train (``generators/gan.py``): accuracy on generated samples says whether the
+It is the judge of the GAN we train (``training/gan.py``): accuracy on generated samples says whether the
 class is recognisable, and the Fréchet distance between feature Gaussians (Heusel et al. 2017, "FID",
 https://arxiv.org/abs/1706.08500) says how close the generated distribution is to real images. Inception
 features are not available offline and are a poor fit for 28x28 grayscale, so the features come from this
