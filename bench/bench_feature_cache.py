@@ -62,7 +62,12 @@ def _encoder_spec(name: str, tmp: Path) -> str:
 
     # microsoft/resnet-101's architecture (bottleneck, depths 3-4-23-3); the timing does not depend on the weights.
     cfg = ResNetConfig(depths=[3, 4, 23, 3], hidden_sizes=[256, 512, 1024, 2048], layer_type="bottleneck")
-    ResNetModel(cfg).save_pretrained(tmp / "resnet-101")
+    model = ResNetModel(cfg)
+    with torch.no_grad():  # zero-init residuals (Goyal et al. 2017): 33 random blocks in a row would overflow to NaN
+        for name, module in model.named_modules():
+            if name.endswith("layer.2.normalization"):  # the last BatchNorm of each bottleneck's residual branch
+                module.weight.zero_()
+    model.save_pretrained(tmp / "resnet-101")
     return str(tmp / "resnet-101")
 
 

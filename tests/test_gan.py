@@ -13,6 +13,7 @@ from torch import nn
 
 from modalbridge import assets, checkpoint
 from modalbridge.generators import load_generator
+from modalbridge.training import engine
 from modalbridge.training.gan import (
     DiscriminatorConfig,
     GANTask,
@@ -23,7 +24,6 @@ from modalbridge.training.gan import (
     sample,
     save_grid,
 )
-from modalbridge.training import engine
 
 
 def tiny_d(resolution: int = 32) -> ProjectionDiscriminator:
