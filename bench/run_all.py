@@ -37,6 +37,7 @@ BENCHES = {  # name -> arguments of bench/bench_<name>.py
     "beam": ["--threads", "1", "--reps", "5"],
     "biggan": ["--threads", "1", "--iters", "5"],
     "feature_cache": ["--encoder", "resnet-101", "--reps", "5"],
+    "clipcap": ["--reps", "5"],
     "metrics": ["--reps", "5"],
     "prepare": [],
     "extract": ["--reps", "5", "--scale", "100000"],
@@ -138,6 +139,16 @@ def rows(b: dict) -> list[tuple[str, str, str, str]]:
                     f"{r['pairs']} pairs (`bench_feature_cache.py`)",
                     f"**{_m(r['ratio'], '.1f')}×** ({r['cached_s']['median']:.2f} vs "
                     f"{r['on_the_fly_s']['median']:.1f} s); same losses", "≥ 20×", when("feature_cache")))
+    if "clipcap" in b:
+        r = b["clipcap"]["result"]
+        out.append(("ClipCap on the offline SmolLM2-135M (`bench_clipcap.py`)",
+                    f"load: GGUF dequantized every time {r['load_s']['GGUF every load']['median']:.1f} s vs the "
+                    f"cached float copy {r['load_s']['cached safetensors']['median']:.1f} s (**"
+                    f"{r['load_ratio']['median']:.1f}×**); beam 3 over {r['images']} images: recompute "
+                    f"{r['decode_s']['recompute']['median']:.1f} s vs KV cache "
+                    f"{r['decode_s']['KV cache']['median']:.1f} s (**{_m(r['decode_ratio'], '.1f')}×**), "
+                    f"same captions; train step (batch {r['batch']}) {r['train_step_s']['median']:.2f} s",
+                    "≥ 5×", when("clipcap")))
     if "metrics" in b:
         r = b["metrics"]["result"]
         s = r["seconds"]

@@ -138,3 +138,87 @@ def test_clipcap_model_dir_captions_through_the_pipeline(lms, tmp_path):
     assert out["attention"] is None and len(out["words"]) <= 5
     assert out["caption"] == " ".join(out["words"])  # word-level test tokenizer: tokens joined by spaces
     assert all(w in WORDS for w in out["words"]) and out["logprob"] <= 0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_kv_cached_decoding_equals_recomputing_the_lm(lms, arch):
+    """Decoding reads the LM's key/value cache (one token per step); rerunning the LM over prefix + all tokens at
+    every step must give the same log-probabilities, and beam search the same captions, also after reordering."""
+    from modalbridge.captioning import decoding
+
+    torch.manual_seed(0)
+    model = ClipCap.from_lm(str(lms[arch]), feature_dim=16, prefix_length=3, mapper="mlp").eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.lm.get_output_embeddings().weight, std=0.5)  # varied, peaky captions
+    memory = torch.randn(3, 16)
+    ids = torch.randint(4, 99, (3, 5))
+    with torch.no_grad():
+        reference = model(memory, ids).logits.float().log_softmax(-1)  # one pass over [prefix; ids]
+        state = model.init_state(memory)
+        assert set(state) == {f"{kv}{i}" for i in range(len(model.lm.model.layers if arch == "llama"
+                                                                 else model.lm.transformer.h)) for kv in "kv"}
+        for t in range(ids.size(1)):
+            logprobs, state, _ = model.step(ids[:, t], state)
+            torch.testing.assert_close(logprobs, reference[:, t], atol=1e-4, rtol=1e-4)
+        index = torch.tensor([2, 2, 0])  # beams swap and duplicate: the cache follows its rows
+        moved = model.reorder_state(state, index)
+        nxt = torch.tensor([5, 6, 7])
+        again = model.step(nxt, moved)[0]
+        full = model(memory[index], torch.cat([ids[index], nxt[:, None]], 1)).logits.float().log_softmax(-1)[:, -1]
+        torch.testing.assert_close(again, full, atol=1e-4, rtol=1e-4)
+        # Beam search over the cache = beam search that reruns the LM over prefix + tokens at every step.
+        recompute = _Recomputing(model.config, lm=model.lm, tokenizer=model.tokenizer).eval()
+        recompute.mapper.load_state_dict(model.mapper.state_dict())
+        c = model.config
+        a, b = (decoding.beam_search(m, memory * 3, c.bos_id, 99, beam_size=3, max_len=6) for m in (model, recompute))
+        assert a.tokens == b.tokens and all(len(t) == 6 for t in a.tokens)  # no EOS id in the vocab: full length
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+class _Recomputing(ClipCap):
+    """Decoding without the cache: the LM over prefix + every token so far, at every step."""
+
+    def init_state(self, memory):
+        prefix = self.prefix(memory)
+        return {"prefix": prefix, "tokens": torch.zeros(prefix.shape[0], 0, dtype=torch.long)}
+
+    def _step(self, tokens, state):
+        seq = torch.cat([state["tokens"], tokens[:, None]], 1)
+        return self._lm_logits(state["prefix"], seq)[:, -1], {"prefix": state["prefix"], "tokens": seq}, None
+
+
+def test_gguf_is_dequantized_once_into_the_cache(lms, tmp_path, monkeypatch, capsys):
+    """A GGUF LM goes through transformers' GGUF reader once; the float copy (safetensors) is reused afterwards and
+    rebuilt when the file changes. The reader is replaced by the tiny LM here (no tiny GGUF writer offline)."""
+    import transformers
+
+    from modalbridge.captioning import clipcap
+
+    monkeypatch.setenv("MODALBRIDGE_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "lm"
+    src.mkdir()
+    (src / "tiny.Q4_1.gguf").write_bytes(b"GGUF" + b"\0" * 60)
+    calls = []
+    real_model, real_tok = transformers.AutoModelForCausalLM.from_pretrained, transformers.AutoTokenizer.from_pretrained
+
+    def fake(real):
+        def load(path, gguf_file=None, **kw):
+            if gguf_file is not None:
+                calls.append(gguf_file)
+                return real(str(lms["llama"]), **kw)
+            return real(path, **kw)
+        return load
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake(real_model))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake(real_tok))
+    lm, tok = clipcap.load_lm(str(src))
+    cached = clipcap.dequantized_dir(src / "tiny.Q4_1.gguf")
+    assert (cached / "model.safetensors").is_file() and (cached / "config.json").is_file()
+    assert "dequantizing tiny.Q4_1.gguf once" in capsys.readouterr().err
+    lm2, _ = clipcap.load_lm(str(src))
+    assert len(calls) == 2  # model + tokenizer, the first time only
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(lm2(ids).logits, lm(ids).logits)
+    (src / "tiny.Q4_1.gguf").write_bytes(b"GGUF" + b"\1" * 70)  # a new file: a new copy
+    assert clipcap.dequantized_dir(src / "tiny.Q4_1.gguf") != cached

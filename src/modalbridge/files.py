@@ -13,6 +13,14 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root() -> Path:
+    """Where modalbridge keeps what it derives once (WordNet copy, scene images, dequantized LMs):
+    ``$MODALBRIDGE_CACHE``, else ``$XDG_CACHE_HOME/modalbridge``, else ``~/.cache/modalbridge``."""
+    if os.environ.get("MODALBRIDGE_CACHE"):
+        return Path(os.environ["MODALBRIDGE_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "modalbridge"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
     path = Path(path)

