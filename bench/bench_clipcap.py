@@ -5,7 +5,7 @@
 * Training: steps/s of the transformer-mapper ClipCap with the frozen LM (forward + backward + Adam step), batch B
   of pooled 1280-d features and captions of T tokens (the LM computes the same either way; printed for reference).
 * Decoding: beam search (beam 3, 16 tokens) over N images, recomputing the LM over prefix + tokens at every step
-  (before) vs the LM's key/value cache (after). Captions asserted identical, log-probabilities within 1e-4.
+  (before) vs the LM's key/value cache (after). Captions asserted identical, their log-probabilities within 1e-4.
 
 Every pair is interleaved over R repetitions (median and spread), with the load average before and after.
 
@@ -22,19 +22,7 @@ import torch
 from common import interleave, loadavg, report, spread, summary  # bench/common.py
 
 from modalbridge.captioning import clipcap, decoding
-from modalbridge.captioning.clipcap import ClipCap
-
-
-class RecomputingClipCap(ClipCap):
-    """The decoding of the previous release: the LM reruns over prefix + all tokens at every step."""
-
-    def init_state(self, memory):
-        prefix = self.prefix(memory)
-        return {"prefix": prefix, "tokens": torch.zeros(prefix.shape[0], 0, dtype=torch.long)}
-
-    def _step(self, tokens, state):
-        seq = torch.cat([state["tokens"], tokens[:, None]], 1)
-        return self._lm_logits(state["prefix"], seq)[:, -1], {"prefix": state["prefix"], "tokens": seq}, None
+from modalbridge.captioning.clipcap import ClipCap, RecomputingClipCap
 
 
 def main() -> None:
@@ -64,7 +52,6 @@ def main() -> None:
     torch.manual_seed(0)
     model = ClipCap.from_lm("smollm2", feature_dim=1280, prefix_length=10, mapper="transformer", feature="pooled")
     old = RecomputingClipCap(model.config, lm=model.lm, tokenizer=model.tokenizer)
-    old.mapper.load_state_dict(model.mapper.state_dict())
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(args.batch, 1280, generator=g)
     ids = torch.randint(10, model.config.vocab_size, (args.batch, args.tokens), generator=g)
@@ -80,6 +67,7 @@ def main() -> None:
 
     train_t, _ = interleave({"train step": train_step}, args.reps)
     model.eval()
+    old.mapper.load_state_dict(model.mapper.state_dict())  # the mapper after the training steps above
     old.eval()
     memory = torch.randn(args.images, 1280, generator=g)
     c = model.config
@@ -91,9 +79,11 @@ def main() -> None:
     dec_t, outs = interleave({"recompute": lambda: decode(old), "KV cache": lambda: decode(model)}, args.reps)
     after = loadavg()
     a, b = outs["recompute"][0], outs["KV cache"][0]
-    assert a.tokens == b.tokens, "cached decoding changed the captions"
+    same = sum(x == y for x, y in zip(a.tokens, b.tokens, strict=True))
     worst = max(abs(x - y) for x, y in zip(a.logprob, b.logprob, strict=True))
-    assert worst < 1e-4, f"log-probabilities differ by {worst}"
+    # The two compute the same function with other matrix shapes (float error ~1e-6): a caption could differ only
+    # where two beams are tied that closely, and then its score would still agree.
+    assert same == len(a.tokens) and worst < 1e-4, f"{same}/{len(a.tokens)} captions identical; scores off by {worst}"
 
     load_ratio = [x / y for x, y in zip(load_t["GGUF every load"], load_t["cached safetensors"], strict=True)]
     dec_ratio = [x / y for x, y in zip(dec_t["recompute"], dec_t["KV cache"], strict=True)]
@@ -107,11 +97,13 @@ def main() -> None:
           "steps/s")
     for k, v in dec_t.items():
         print(f"  beam 3 over {args.images} images, {k:10s} {spread(v, fmt='.2f')} s")
-    print(f"  decoding speed-up {spread(dec_ratio, fmt='.1f')}x; identical captions, log-probs within {worst:.1e}")
+    print(f"  decoding speed-up {spread(dec_ratio, fmt='.1f')}x; {same} of {len(a.tokens)} captions identical, "
+          f"scores of the chosen captions within {worst:.1e}")
     report("clipcap", reps=args.reps, images=args.images, batch=args.batch,
            load_s={k: summary(v) for k, v in load_t.items()}, load_ratio=summary(load_ratio),
            train_step_s=summary(train_t["train step"]), decode_s={k: summary(v) for k, v in dec_t.items()},
-           decode_ratio=summary(dec_ratio), load_before=before, load_after=after)
+           decode_ratio=summary(dec_ratio), identical_captions=same, score_diff=worst, load_before=before,
+           load_after=after)
 
 
 if __name__ == "__main__":

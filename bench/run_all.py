@@ -147,7 +147,8 @@ def rows(b: dict) -> list[tuple[str, str, str, str]]:
                     f"{r['load_ratio']['median']:.1f}×**); beam 3 over {r['images']} images: recompute "
                     f"{r['decode_s']['recompute']['median']:.1f} s vs KV cache "
                     f"{r['decode_s']['KV cache']['median']:.1f} s (**{_m(r['decode_ratio'], '.1f')}×**), "
-                    f"same captions; train step (batch {r['batch']}) {r['train_step_s']['median']:.2f} s",
+                    f"{r['identical_captions']}/{r['images']} captions identical; train step (batch {r['batch']}) "
+                    f"{r['train_step_s']['median']:.2f} s",
                     "≥ 5×", when("clipcap")))
     if "metrics" in b:
         r = b["metrics"]["result"]

@@ -256,3 +256,17 @@ def test_max_train_images_cap_is_said_not_silent():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no cap, or a cap above the size: nothing to say
         assert len(_split(recs, "train", 0)) == len(_split(recs, "train", 9)) == 5
+
+
+def test_load_captioner_is_loaded_once_until_its_directory_changes(trained, tmp_path):
+    import shutil
+
+    from modalbridge.captioning.pipeline import load_captioner
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(trained[0] / "model", model_dir)
+    first = load_captioner(model_dir)
+    assert load_captioner(str(model_dir)) is first  # once per process, like load_pipeline
+    (model_dir / "metrics.json").write_text('{"val/CIDEr": 9.0}')  # the directory was saved again
+    again = load_captioner(model_dir)
+    assert again is not first and again.metrics == {"val/CIDEr": 9.0}

@@ -9,7 +9,7 @@ from tiny import LM_WORDS as WORDS
 from tiny import build_tiny_lm
 
 from modalbridge import checkpoint
-from modalbridge.captioning.clipcap import ClipCap, lm_location
+from modalbridge.captioning.clipcap import ClipCap, RecomputingClipCap, lm_location
 from modalbridge.captioning.sat import IGNORE
 from modalbridge.errors import UserError
 
@@ -167,24 +167,13 @@ def test_kv_cached_decoding_equals_recomputing_the_lm(lms, arch):
         full = model(memory[index], torch.cat([ids[index], nxt[:, None]], 1)).logits.float().log_softmax(-1)[:, -1]
         torch.testing.assert_close(again, full, atol=1e-4, rtol=1e-4)
         # Beam search over the cache = beam search that reruns the LM over prefix + tokens at every step.
-        recompute = _Recomputing(model.config, lm=model.lm, tokenizer=model.tokenizer).eval()
+        recompute = RecomputingClipCap(model.config, lm=model.lm, tokenizer=model.tokenizer).eval()
         recompute.mapper.load_state_dict(model.mapper.state_dict())
         c = model.config
         a, b = (decoding.beam_search(m, memory * 3, c.bos_id, 99, beam_size=3, max_len=6) for m in (model, recompute))
         assert a.tokens == b.tokens and all(len(t) == 6 for t in a.tokens)  # no EOS id in the vocab: full length
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
 
-
-class _Recomputing(ClipCap):
-    """Decoding without the cache: the LM over prefix + every token so far, at every step."""
-
-    def init_state(self, memory):
-        prefix = self.prefix(memory)
-        return {"prefix": prefix, "tokens": torch.zeros(prefix.shape[0], 0, dtype=torch.long)}
-
-    def _step(self, tokens, state):
-        seq = torch.cat([state["tokens"], tokens[:, None]], 1)
-        return self._lm_logits(state["prefix"], seq)[:, -1], {"prefix": state["prefix"], "tokens": seq}, None
 
 
 def test_gguf_is_dequantized_once_into_the_cache(lms, tmp_path, monkeypatch, capsys):

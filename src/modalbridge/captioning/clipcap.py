@@ -19,7 +19,9 @@ the cache root (``$MODALBRIDGE_CACHE``, ``~/.cache/modalbridge``): later loads r
 
 Decoding follows the protocol of :mod:`modalbridge.captioning.decoding` with the LM's key/value cache: ``init_state``
 runs the LM over the prefix once, each ``step`` feeds one token. The cache's per-layer keys and values live in the
-state dict as plain ``(B, heads, S, head_dim)`` tensors, so beam search reorders them like any other state.
+state dict as plain ``(B, heads, S, head_dim)`` tensors, so beam search reorders them like any other state. An LM
+module without a cache argument is rerun over prefix + tokens at every step instead (``RecomputingClipCap`` always
+does that: the reference the cache must agree with).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def dequantized_dir(gguf_path: Path) -> Path:
 
 def _dequantize_once(spec: str, directory: Path, gguf: str) -> Path:
     """A GGUF LM as a float32 safetensors directory (built on first use, atomically; announced on stderr)."""
+    import copy
     import importlib.util
     import shutil
     import sys
@@ -87,7 +90,14 @@ def _dequantize_once(spec: str, directory: Path, gguf: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
-        lm.float().save_pretrained(tmp, safe_serialization=True)
+        # transformers marks a GGUF-read model as quantized (not serialisable) although its weights are float32:
+        # copy them into a plain model of the same config and save that.
+        config = copy.deepcopy(lm.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(lm.state_dict(), strict=True)
+        plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if out.exists():  # another process finished first
             shutil.rmtree(tmp)
@@ -251,15 +261,45 @@ class ClipCap(CaptionDecoder):
         return CaptionOutput(loss=loss, logits=logits, attention=None)
 
     def init_state(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._cache_keyword() is None:  # an LM without a key/value cache: recompute at every step
+            return self._recompute_init(memory)
         prefix = self.prefix(memory)  # (B, L, D)
-        out = self.lm(inputs_embeds=prefix, use_cache=True)
-        return kv_state(out.past_key_values)  # the LM has read the prefix once
+        _, cache = self._lm_cached(prefix, None)
+        return kv_state(cache)  # the LM has read the prefix once
 
     def _step(self, tokens, state):
+        if "prefix" in state:
+            return self._recompute_step(tokens, state)
         emb = self.lm.get_input_embeddings()(tokens)[:, None]  # (B, 1, D)
         dtype = next(iter(state.values())).dtype
-        out = self.lm(inputs_embeds=emb.to(dtype), past_key_values=kv_cache(state), use_cache=True)
-        return out.logits[:, -1], kv_state(out.past_key_values), None  # (B, V)
+        logits, cache = self._lm_cached(emb.to(dtype), kv_cache(state))
+        return logits[:, -1], kv_state(cache), None  # (B, V)
+
+    def _recompute_init(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
+        prefix = self.prefix(memory)  # (B, L, D)
+        return {"prefix": prefix, "tokens": torch.zeros(prefix.shape[0], 0, dtype=torch.long, device=prefix.device)}
+
+    def _recompute_step(self, tokens, state):
+        seq = torch.cat([state["tokens"], tokens[:, None]], 1)  # (B, t)
+        logits = self._lm_logits(state["prefix"], seq)[:, -1]  # (B, V): the LM over prefix + every token so far
+        return logits, {"prefix": state["prefix"], "tokens": seq}, None
+
+    def _cache_keyword(self) -> str | None:
+        """The LM's key/value-cache argument: ``cache`` in recent transformers, ``past_key_values`` before, None
+        for a module without one."""
+        if not hasattr(self, "_cache_kw"):
+            import inspect
+
+            params = inspect.signature(self.lm.forward).parameters
+            self._cache_kw = next((k for k in ("cache", "past_key_values") if k in params), None)
+        return self._cache_kw
+
+    def _lm_cached(self, embeds: torch.Tensor, cache):
+        """One LM call that reads and extends a key/value cache: ``(logits (B, S, V), cache)``."""
+        kw = {} if cache is None else {self._cache_keyword(): cache}
+        out = self.lm(inputs_embeds=embeds, use_cache=True, **kw)
+        new = getattr(out, "cache", None)
+        return out.logits, new if new is not None else out.past_key_values
 
     def encode_text(self, text: str, max_len: int | None = None) -> list[int]:
         """Caption -> ``[bos] + ids + [eos]`` with the LM's subword tokenizer (ids truncated to ``max_len``)."""
@@ -294,6 +334,15 @@ class ClipCap(CaptionDecoder):
                 suppress.append(int(unk))
             self._line_constraints = (stop, sorted(set(suppress)))
         return self._line_constraints
+
+
+class RecomputingClipCap(ClipCap):
+    """Reference decoding without the key/value cache: the LM reruns over prefix + every token so far at each step
+    (what ClipCap did before the cache). The cached decoding must agree with it (tests/test_clipcap.py,
+    bench/bench_clipcap.py). Build it around an existing model's LM and copy the mapper's weights."""
+
+    def init_state(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._recompute_init(memory)
 
 
 def kv_state(cache) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ name or path. The web app (:mod:`modalbridge.app`) and the CLI both call these f
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -286,12 +287,21 @@ class Captioner:
 
 
 def load_captioner(spec: str | Path | None = None, device: str | torch.device = "cpu") -> Captioner:
-    """Load a captioning model directory (path, embedded name, or None for ``caption-fashion``) and its encoder."""
+    """Load a captioning model directory (path, embedded name, or None for ``caption-fashion``) and its encoder,
+    once per process, directory and device (like ``load_pipeline``); a directory whose files changed since is
+    loaded again."""
+    path = assets.resolve_model(spec, DEFAULT_MODEL, "captioning model")
+    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(path.iterdir()) if f.is_file())
+    return _load_captioner(str(path), str(torch.device(device)), stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_captioner(directory: str, device: str, stamp: tuple) -> Captioner:
     from modalbridge.captioning import clipcap, sat  # noqa: F401 - register the model types
     from modalbridge.captioning.vocab import Vocab
     from modalbridge.vision.encoders import build_encoder
 
-    path = assets.resolve_model(spec, DEFAULT_MODEL, "captioning model")
+    path = Path(directory)
     model = ckpt.load(path, expected=CAPTION_MODEL_TYPES)
     vocab = None
     if model.model_type != "clipcap":
