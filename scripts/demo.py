@@ -24,8 +24,9 @@ PROMPTS = ["a long summer dress", "white running sneakers", "a leather handbag",
 
 def caption_demo(out: Path) -> list[Path]:
     from modalbridge.captioning import fashion_scenes
-    from modalbridge.captioning.pipeline import load_captioner, save_attention_maps
+    from modalbridge.captioning.pipeline import load_captioner
     from modalbridge.checkpoint import atomic_write_bytes, write_json
+    from modalbridge.render import save_attention_maps
 
     t0 = time.perf_counter()
     cap = load_captioner(None)  # the embedded default
@@ -56,7 +57,7 @@ def t2i_demo(out: Path) -> None:
     except ImportError:
         print("  skipped: this install has no text -> image pipeline (modalbridge.t2i.pipeline)")
         return
-    from modalbridge import assets
+    from modalbridge import assets, render
     from modalbridge.checkpoint import atomic_write_bytes, write_json
     from modalbridge.errors import UserError
 
@@ -75,13 +76,13 @@ def t2i_demo(out: Path) -> None:
     rows, records = [], []
     for prompt in PROMPTS:
         d = pipe.draw(prompt, n=4, seed=0)
-        rows.extend(t2i.enlarge(im) for im in d.images[:4])
+        rows.extend(render.enlarge(im) for im in d.images[:4])
         records.append({"text": prompt, "classes": d.classes[:3]})
         print(f"  {prompt!r} -> {d.classes[0]['label']} ({d.classes[0]['score']:.2f})")
     grid_path = draw_dir / "prompts_grid.png"
-    atomic_write_bytes(grid_path, t2i.png_bytes(t2i.grid(rows, ncol=4)))
+    atomic_write_bytes(grid_path, render.png_bytes(render.grid(rows, ncol=4)))
     frames = pipe.per_token(PROMPTS[0], seed=0)
-    per_token = t2i.save_per_token(PROMPTS[0], 0, frames, draw_dir / "per_token")
+    per_token = render.save_per_token(PROMPTS[0], 0, frames, draw_dir / "per_token")
     write_json(draw_dir / "drawings.json", {"prompts": records, "grid": str(grid_path), "per_token": per_token})
     print(f"  grid ({len(PROMPTS)} prompts x 4 seeds, one row per prompt): {grid_path}")
     print(f"  per-word images of {PROMPTS[0]!r} as a GIF: {per_token['gif']}")

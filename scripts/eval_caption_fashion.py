@@ -22,7 +22,8 @@ from PIL import Image
 
 from modalbridge import checkpoint as ckpt
 from modalbridge.captioning import fashion_scenes
-from modalbridge.captioning.pipeline import attention_overlay, decode_features, load_captioner, resolve_model
+from modalbridge.captioning.pipeline import decode_features, load_captioner
+from modalbridge.render import attention_overlay
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from modalbridge.captioning import features
     from modalbridge.metrics import score
 
-    model_dir = resolve_model(args.model)
     cap = load_captioner(args.model)
+    model_dir = Path(cap.source)
     data = Path(args.data)
     recs = [json.loads(line) for line in (data / "captions.jsonl").read_text().splitlines()]
     recs = [r for r in recs if r["split"] == args.split]

@@ -96,7 +96,7 @@ def test_caption_attention_maps(setup, tmp_path):
 
 
 def test_attention_overlay_puts_heat_where_attention_is():
-    from modalbridge.captioning.pipeline import attention_overlay
+    from modalbridge.render import attention_overlay
 
     grey = Image.new("RGB", (64, 64), (128, 128, 128))
     att = torch.tensor([1.0, 0.0, 0.0, 0.0])  # top-left region of a 2x2 grid

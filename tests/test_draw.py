@@ -11,7 +11,7 @@ from PIL import Image
 from tiny import make_tiny_mapper
 from typer.testing import CliRunner
 
-from modalbridge import assets
+from modalbridge import assets, render
 from modalbridge.cli import app
 from modalbridge.errors import UserError
 from modalbridge.generators import truncated_noise
@@ -42,7 +42,7 @@ def test_library_draw(model_dir):
     same = pipe.draw("a red dress", n=3, truncation=0.4)  # default seed comes from the cleaned text
     other = pipe.draw("a blue dress", n=3, truncation=0.4)
     assert same.seed == P.text_seed("a red dress") != other.seed
-    assert P.png_bytes(same.images[1]) == P.png_bytes(pipe.draw("a red dress", n=3, truncation=0.4).images[1])
+    assert render.png_bytes(same.images[1]) == render.png_bytes(pipe.draw("a red dress", n=3, truncation=0.4).images[1])
     with pytest.raises(UserError, match="empty"):
         pipe.draw(" \t\x07\n ")
     with pytest.raises(UserError, match="truncation"):
@@ -75,7 +75,7 @@ def test_per_token_words_align_to_word_pieces(model_dir):
     expected = pipe.classifier.model(enc.hidden, mask).embedding
     z = truncated_noise(1, 128, P.DEFAULT_TRUNCATION, 2)
     img = P.to_pil(pipe.generator(z, expected, P.DEFAULT_TRUNCATION))[0]
-    assert P.png_bytes(img) == P.png_bytes(frames[1][1])
+    assert render.png_bytes(img) == render.png_bytes(frames[1][1])
 
 
 def test_cli_json_files_and_determinism(model_dir, tmp_path):

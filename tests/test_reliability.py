@@ -268,7 +268,7 @@ def test_console_warnings_are_one_warning_line(tmp_path, monkeypatch, capfd):
 
 # ------------------------------------------------------------------------------------ draw: text and seed
 def test_slug_keeps_different_texts_apart():
-    from modalbridge.t2i.pipeline import slug
+    from modalbridge.render import slug
 
     assert slug("a red dress") == "a-red-dress"  # plain lowercase ASCII words: unchanged names
     stems = {slug(t) for t in ["连衣裙", "платье", "فستان", "A red dress", "a red dress!", "x" * 50, "x" * 51]}
@@ -278,7 +278,8 @@ def test_slug_keeps_different_texts_apart():
 def test_draw_non_latin_prompts_same_seed_write_distinct_files(tmp_path):
     from PIL import Image
 
-    from modalbridge.t2i.pipeline import Drawing, save_drawing
+    from modalbridge.render import save_drawing
+    from modalbridge.t2i.pipeline import Drawing
 
     images = []
     for text in ["连衣裙", "платье", "فستان"]:  # same seed: all three used to write drawing-0-0.png

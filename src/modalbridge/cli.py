@@ -211,6 +211,7 @@ def draw_cmd(
     _threads(threads)
     import json
 
+    from modalbridge import render
     from modalbridge.t2i import pipeline as P
 
     with _warnings_to_stderr():
@@ -223,11 +224,12 @@ def draw_cmd(
         for t in texts:
             s = P.text_seed(t) if seed is None else seed
             if per_token:
-                record = P.save_per_token(t, s, pipe.per_token(t, s, truncation), out)
+                record = render.save_per_token(t, s, pipe.per_token(t, s, truncation), out)
             elif to is not None:
-                record = P.save_frames(t, P.clean_text(to), s, pipe.interpolate(t, to, steps, s, truncation), out, gif)
+                frames = pipe.interpolate(t, to, steps, s, truncation)
+                record = render.save_frames(t, P.clean_text(to), s, frames, out, gif)
             else:
-                record = P.save_drawing(pipe.draw(t, n, s, truncation, split_objects=not whole), out, gif)
+                record = render.save_drawing(pipe.draw(t, n, s, truncation, split_objects=not whole), out, gif)
             if json_out:
                 typer.echo(json.dumps(record, ensure_ascii=False))
                 continue
@@ -343,7 +345,8 @@ def caption_cmd(
     _threads(threads)
     import json
 
-    from modalbridge.captioning.pipeline import check_decoding, load_captioner, save_attention_maps
+    from modalbridge.captioning.pipeline import check_decoding, load_captioner
+    from modalbridge.render import save_attention_maps
     from modalbridge.vision.io import load_image
 
     decoding = {"beam": beam, "length_penalty": length_penalty, "top_p": top_p, "temperature": temperature}

@@ -17,6 +17,7 @@ import anyio
 from PIL import Image
 
 from modalbridge import threads
+from modalbridge.render import png_bytes
 from modalbridge.vision.io import load_image
 
 
@@ -200,9 +201,7 @@ def check_image(data: bytes, limits: Limits) -> None:
 
 
 def png_base64(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 # --------------------------------------------------------------------------------------------- services

@@ -42,7 +42,7 @@ def drawing_outputs(drawing, frames: list | None) -> tuple[list, dict, str]:
 
     The generators' images can be small (32 px for Fashion-MNIST): previews are enlarged by an integer factor.
     """
-    from modalbridge.t2i.pipeline import captioned, enlarge, gif_bytes
+    from modalbridge.render import captioned, enlarge, gif_bytes
 
     objects = getattr(drawing, "objects", None) or []
     names = [o.text for o in objects for _ in o.images] if len(objects) > 1 else [""] * len(drawing.images)
@@ -61,7 +61,7 @@ def attention_html(image: Image.Image, result: dict) -> str:
     """Per-word heat maps (Show, Attend and Tell's soft attention over the image grid), or a note without them."""
     if result.get("attention") is None:
         return "<p>This model has no per-word spatial attention to show.</p>"
-    from modalbridge.captioning.pipeline import attention_overlay
+    from modalbridge.render import attention_overlay
 
     words = result.get("words") or str(result["caption"]).split()
     pairs = zip(words, result["attention"], strict=False)

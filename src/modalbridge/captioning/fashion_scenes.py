@@ -22,7 +22,6 @@ On disk (the ``folder:DIR`` format of :mod:`modalbridge.captioning.datasets`)::
 from __future__ import annotations
 
 import functools
-import io
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -34,6 +33,7 @@ from PIL import Image
 
 from modalbridge.errors import UserError
 from modalbridge.files import cache_root
+from modalbridge.render import png_bytes as encode_png
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -228,9 +228,8 @@ def render(scene: Scene, canvas: int = 224) -> Image.Image:
 
 
 def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
+    """Scene PNGs at a fixed compression level, so regenerated scenes are byte-identical."""
+    return encode_png(image, compress_level=6)
 
 
 def scene_record(scene: Scene) -> dict:

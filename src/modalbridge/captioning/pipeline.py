@@ -13,15 +13,13 @@ name or path. The web app (:mod:`modalbridge.app`) and the CLI both call these f
 from __future__ import annotations
 
 import functools
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from modalbridge import assets
 from modalbridge import checkpoint as ckpt
@@ -370,48 +368,7 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------------------------- attention
-def _heat_rgb(a: np.ndarray) -> np.ndarray:
-    """``(H, W)`` in [0, 1] -> ``(H, W, 3)`` in [0, 1]: a black-red-yellow-white ramp."""
-    return np.stack([np.clip(3 * a, 0, 1), np.clip(3 * a - 1, 0, 1), np.clip(3 * a - 2, 0, 1)], -1)
 
 
-def attention_overlay(image: Image.Image, word: str, attention, size: int = 256) -> Image.Image:
-    """One word's attention ``(P,)`` over a square grid, upsampled over the image, with the word as the title."""
-    a = torch.as_tensor(attention, dtype=torch.float32).reshape(-1)  # (P,)
-    side = math.isqrt(a.numel())
-    if side * side != a.numel():
-        raise UserError(f"attention over {a.numel()} regions is not a square grid; cannot draw it")
-    base = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-    grid = a.view(1, 1, side, side)
-    heat = torch.nn.functional.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-    heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-8)  # (S, S) in [0, 1]
-    rgb = np.asarray(base, dtype=np.float32) / 255  # (S, S, 3)
-    mix = 0.45 * rgb + 0.55 * _heat_rgb(heat.numpy()) * (0.3 + 0.7 * heat.numpy()[..., None])
-    title_h = 28
-    canvas = Image.new("RGB", (size, size + title_h), (255, 255, 255))
-    canvas.paste(Image.fromarray((mix.clip(0, 1) * 255).astype(np.uint8)), (0, title_h))
-    draw = ImageDraw.Draw(canvas)
-    try:
-        font = ImageFont.load_default(size=18)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
-    w = draw.textlength(word, font=font)
-    draw.text(((size - w) / 2, 4), word, fill=(0, 0, 0), font=font)
-    return canvas
 
 
-def save_attention_maps(image: Image.Image, words: list[str], attention, out_dir: str | Path, stem: str) -> list[Path]:
-    """Write ``<out_dir>/<stem>_<NN>_<word>.png`` per word; returns the paths."""
-    from modalbridge.files import atomic_write_bytes
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, (word, att) in enumerate(zip(words, attention, strict=False)):
-        safe = "".join(ch if ch.isalnum() else "_" for ch in word)[:32] or "tok"
-        buf = io.BytesIO()
-        attention_overlay(image, word, att).save(buf, format="PNG")
-        path = out_dir / f"{stem}_{i:02d}_{safe}.png"
-        atomic_write_bytes(path, buf.getvalue())
-        paths.append(path)
-    return paths

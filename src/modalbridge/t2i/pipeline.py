@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from modalbridge import checkpoint as ckpt
 from modalbridge.errors import UserError
 from modalbridge.t2i.classify import DEFAULT_MODEL, MAX_OBJECTS, TextClassifier, clean_text, load_classifier
 from modalbridge.t2i.resolver import class_embedding
@@ -250,112 +247,21 @@ def load_pipeline(spec: str | Path | None = None, generator: str | Path | None =
 
 
 # ---------------------------------------------------------------------- files
-def png_bytes(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
-def enlarge(image, min_size: int = 128):
-    """Nearest-neighbour upscaling by an integer factor so small (e.g. 32 px) images stay visible."""
-    from PIL import Image
-
-    factor = max(1, -(-min_size // max(image.size)))
-    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
-def grid(images: list, ncol: int | None = None, pad: int = 2):
-    """Images side by side in rows of ``ncol`` (default: all in one row up to 8)."""
-    from PIL import Image
-
-    ncol = ncol or min(8, len(images))
-    w, h = images[0].size
-    nrow = -(-len(images) // ncol)
-    canvas = Image.new(images[0].mode, (ncol * (w + pad) + pad, nrow * (h + pad) + pad), 255 if images[0].mode == "L"
-                       else (255, 255, 255))
-    for i, im in enumerate(images):
-        canvas.paste(im, (pad + (i % ncol) * (w + pad), pad + (i // ncol) * (h + pad)))
-    return canvas
 
 
-def captioned(image, caption: str):
-    """The image with ``caption`` written on a white band below it (GIF frames of ``per_token``)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    image = image.convert("RGB")
-    font = ImageFont.load_default()
-    band = 16
-    canvas = Image.new("RGB", (image.width, image.height + band), (255, 255, 255))
-    canvas.paste(image, (0, 0))
-    ImageDraw.Draw(canvas).text((3, image.height + 2), caption[: max(4, image.width // 6)], fill=(0, 0, 0), font=font)
-    return canvas
 
 
-def gif_bytes(frames: list, ms: int = 500) -> bytes:
-    buf = io.BytesIO()
-    frames = [f.convert("RGB") for f in frames]
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=ms, loop=0)
-    return buf.getvalue()
 
 
-def slug(text: str, limit: int = 40) -> str:
-    """File-name stem: lowercase ASCII words joined by '-'. When that does not spell ``text`` exactly (other scripts,
-    case, punctuation, truncation), 8 hex digits of its hash follow, so different texts never share a file name."""
-    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
-    if s.replace("-", " ") == text:
-        return s
-    return f"{s or 'drawing'}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
-def _write_png(path: Path, image, min_size: int) -> str:
-    ckpt.atomic_write_bytes(path, png_bytes(enlarge(image, min_size)))
-    return str(path)
 
 
-def save_drawing(d: Drawing, out: str | Path, gif: bool = False, min_size: int = 128) -> dict:
-    """Write a drawing's PNGs (+ a grid PNG when there are several, + a GIF with ``gif``) atomically into ``out``.
-
-    Images smaller than ``min_size`` pixels are enlarged by an integer factor (nearest neighbour).
-    Returns the JSON record ``{"text", "images", "classes", "seed", "truncation", "objects", "grid"?, "gif"?}``.
-    """
-    out = Path(out)
-    stem = f"{slug(d.text)}-{d.seed}"
-    record = {"text": d.text, "images": [_write_png(out / f"{stem}-{i}.png", im, min_size)
-                                          for i, im in enumerate(d.images)],
-              "classes": d.classes, "seed": d.seed, "truncation": d.truncation,
-              "objects": [{"text": o.text, "classes": o.classes[:1]} for o in d.objects]}
-    if len(d.images) > 1:
-        ncol = len(d.objects[0].images) if len(d.objects) > 1 else None
-        record["grid"] = _write_png(out / f"{stem}-grid.png", grid([enlarge(im, min_size) for im in d.images], ncol), 0)
-    if gif:
-        path = out / f"{stem}.gif"
-        ckpt.atomic_write_bytes(path, gif_bytes([enlarge(im, min_size) for im in d.images]))
-        record["gif"] = str(path)
-    return record
 
 
-def save_per_token(text: str, seed: int, frames: list[tuple[str, object, dict]], out: str | Path,
-                   min_size: int = 128) -> dict:
-    """Per-word PNGs and the captioned slideshow GIF (``word -> class``); returns the JSON record."""
-    out = Path(out)
-    stem = f"{slug(text)}-{seed}"
-    images = [_write_png(out / f"{stem}-word-{j}.png", im, min_size) for j, (_, im, _) in enumerate(frames)]
-    gif_path = out / f"{stem}-words.gif"
-    ckpt.atomic_write_bytes(gif_path, gif_bytes([captioned(enlarge(im, min_size), f"{w} -> {c['label']}")
-                                                 for w, im, c in frames], ms=700))
-    return {"text": text, "images": images, "gif": str(gif_path), "seed": seed,
-            "words": [{"word": w, **c} for w, _, c in frames]}
 
 
-def save_frames(text: str, to: str, seed: int, frames: list, out: str | Path, gif: bool = False,
-                min_size: int = 128) -> dict:
-    """Interpolation frames as PNGs (+ GIF); returns the JSON record."""
-    out = Path(out)
-    stem = f"{slug(text, 24)}-to-{slug(to, 24)}-{seed}"
-    record = {"text": text, "to": to, "seed": seed,
-              "images": [_write_png(out / f"{stem}-{k}.png", im, min_size) for k, im in enumerate(frames)]}
-    if gif:
-        path = out / f"{stem}.gif"
-        ckpt.atomic_write_bytes(path, gif_bytes([enlarge(im, min_size) for im in frames], ms=250))
-        record["gif"] = str(path)
-    return record
