@@ -1,7 +1,8 @@
 """Web demo (Gradio) and JSON API over the text -> image and image -> text pipelines: ``modalbridge serve``.
 
-Layers: ``services`` (limits, checks, gates, the model services) <- ``ui`` (Gradio tabs) and ``server`` (FastAPI
-routes, upload guard, server lifecycle; mounts the UI).
+Layers: ``services`` (limits, checks, gates, the model services) <- ``uploads`` (multipart parser, the guard in front
+of Gradio's upload route, the private upload folder) and ``ui`` (Gradio tabs) <- ``server`` (FastAPI routes, server
+lifecycle; mounts the UI).
 """
 
 import os
