@@ -146,3 +146,20 @@ def test_non_bert_and_damaged_directories(tiny_dirs, tmp_path):
     with pytest.raises(UserError, match="cannot load a text encoder") as e:
         load_text_encoder(str(broken))
     assert "\n" not in str(e.value)
+
+
+def test_bert_checkpoint_with_heads_loads_the_encoder(tmp_path, monkeypatch):
+    """A BertForMaskedLM directory ("bert." prefix, "cls.*" head) gives the same encoder states both ways."""
+    from tiny import tiny_wordpieces
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    from modalbridge.text.bert import Bert
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                     max_position_embeddings=64)
+    BertForMaskedLM(cfg).save_pretrained(tmp_path / "mlm")
+    BertTokenizer(vocab=tiny_wordpieces(), model_max_length=64).save_pretrained(tmp_path / "mlm")
+    fast, hf = _both_backends(str(tmp_path / "mlm"), monkeypatch)
+    assert isinstance(fast.model, Bert)
+    assert torch.equal(fast.encode(TEXTS).hidden, hf.encode(TEXTS).hidden)

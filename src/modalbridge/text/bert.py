@@ -203,11 +203,11 @@ def load(path: Path) -> tuple[Bert, WordPieces] | None:
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for damaged files
         raise ValueError(f"{weights.name}: {e}") from None
     prefix = "bert." if any(k.startswith("bert.") for k in state) else ""
-    state = {k[len(prefix):]: v for k, v in state.items()
-             if k.startswith(prefix) and not k[len(prefix):].startswith(("pooler.", "embeddings.position_ids"))}
-    if not state or "embeddings.word_embeddings.weight" not in state:
-        return None
     model = Bert(BertConfig.from_hf(hf))
+    wanted = set(model.state_dict())  # heads (pooler, MLM/NSP "cls.*") are not part of the encoder: left out
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in wanted}
+    if set(state) != wanted or any(state[k].shape != v.shape for k, v in model.state_dict().items()):
+        return None  # not the layout this file computes: transformers decides
     model.load_state_dict(state, strict=True)
     limit = hf.get("max_position_embeddings", 512)
     tc = path / "tokenizer_config.json"
