@@ -145,3 +145,20 @@ def test_bytes_file_objects_and_pil_inputs(tmp_path):
     assert load_image(Image.new("L", (2, 2), 7)).getpixel((1, 1)) == (7, 7, 7)
     with pytest.raises(UserError, match="not an image"):
         load_image(np.zeros((2, 2, 5), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF"])
+def test_reduce_to_decodes_images_over_the_cap_at_reduced_size(tmp_path, fmt):
+    """Datasets pass reduce_to: a file over max_pixels loads small instead of failing; one under it is unchanged."""
+    arr = np.zeros((300, 400, 3), dtype=np.uint8)
+    arr[:, 200:] = (200, 30, 30)  # left black, right red
+    path = tmp_path / f"big.{fmt.lower()}"
+    Image.fromarray(arr).save(path, format=fmt)
+    with pytest.raises(UserError, match="over the limit"):
+        load_image(path, max_pixels=50_000)  # 120,000 pixels
+    small = load_image(path, max_pixels=50_000, reduce_to=100)
+    assert max(small.size) <= 100 and small.size[0] > small.size[1] and small.mode == "RGB"
+    px = np.asarray(small, dtype=np.int32)
+    assert px[:, : small.size[0] // 3].max() < 60 and px[:, -small.size[0] // 3 :, 0].min() > 120  # still left/right
+    same = load_image(path, max_pixels=None, reduce_to=100)  # under the cap: exactly what loading without it gives
+    assert np.array_equal(np.asarray(same), np.asarray(load_image(path, max_pixels=None)))

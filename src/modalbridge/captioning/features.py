@@ -152,6 +152,9 @@ def cache_key(encoder, paths: list[str | Path], store_grid: bool = True, dtype: 
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
+DATASET_MAX_SIDE = 2048  # longer side of a dataset image decoded at reduced size (encoders resize to ~224-384)
+
+
 class _ImageSet(torch.utils.data.Dataset):
     def __init__(self, paths: list[str], preprocess):
         self.paths, self.preprocess = paths, preprocess
@@ -162,7 +165,8 @@ class _ImageSet(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         from modalbridge.vision.io import load_image
 
-        return self.preprocess.image(load_image(self.paths[i]))  # (3, H, W)
+        # A file over the pixel cap (huge clip art, scans) is decoded at reduced size instead of failing the run.
+        return self.preprocess.image(load_image(self.paths[i], reduce_to=DATASET_MAX_SIDE))  # (3, H, W)
 
 
 def extract(

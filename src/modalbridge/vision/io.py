@@ -4,7 +4,10 @@ Decisions:
   * A 1x1 image is a valid image and is accepted (encoders resize anyway); pass ``min_size`` to demand more.
   * Pixel cap: images with more than ``max_pixels`` (default 40 MP, about a 7,700 x 5,200 photo) are refused from
     the header, before any pixel is decoded. Pillow's own decompression-bomb checks (warning above 89 MP, error above
-    179 MP) also become UserErrors instead of a warning on stderr or a traceback. Truncated files are refused
+    179 MP) also become UserErrors instead of a warning on stderr or a traceback. Datasets pass ``reduce_to``: a
+    file over the cap is then decoded at reduced size instead of refused (JPEG through its DCT scaling, ``draft``;
+    other formats decoded, then reduced by an integer factor and thumbnailed), so one huge drawing does not fail a
+    training run; images under the cap load exactly as without it. Truncated files are refused
     (``LOAD_TRUNCATED_IMAGES`` is never switched on).
   * Modes: transparency (RGBA, LA, PA, P with a transparent index) is composited onto white, which is what a
     viewer shows for clip art; CMYK, YCbCr, 1, L, P convert to RGB; 16-bit (I;16*, and I with values above 255) is
@@ -34,7 +37,8 @@ ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Im
 
 
 def load_image(
-    source: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int = 1, name: str | None = None
+    source: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_size: int = 1, name: str | None = None,
+    reduce_to: int | None = None,
 ) -> Image.Image:
     """Open ``source`` as an RGB image (see the module docstring for every conversion).
 
@@ -43,6 +47,8 @@ def load_image(
         max_pixels: refuse images with more pixels than this (None: only Pillow's own 179 MP limit).
         min_size: refuse images whose width or height is below this.
         name: how to call the input in messages (default: the path, or "image").
+        reduce_to: for files and bytes over ``max_pixels``: decode at reduced size, longer side at most this,
+            instead of refusing (Pillow's 179 MP decompression-bomb limit still applies).
 
     Raises:
         UserError: missing/empty/truncated/non-image input, too many pixels, too small, unsupported mode.
@@ -72,18 +78,31 @@ def load_image(
         except (OSError, ValueError, SyntaxError) as e:  # malformed headers
             raise UserError(f"{label}: unreadable image ({_first_line(e)})") from None
         with img:
-            _check_size(img.size, label, max_pixels, min_size)  # from the header: nothing decoded yet
+            reduce = bool(reduce_to) and max_pixels is not None and img.width * img.height > max_pixels
+            _check_size(img.size, label, None if reduce else max_pixels, min_size)  # header only: nothing decoded
             try:
                 img.seek(0)  # first frame of animations / multi-page files
+                if reduce and img.format == "JPEG":
+                    img.draft("RGB", (reduce_to, reduce_to))  # decode at 1/2, 1/4 or 1/8 scale
                 img.load()
             except Image.DecompressionBombError as e:
                 raise UserError(f"{label}: refused as a possible decompression bomb ({e})") from None
             except (OSError, ValueError, SyntaxError, EOFError) as e:
                 raise UserError(f"{label}: truncated or corrupt image ({_first_line(e)})") from None
+            if reduce:
+                return _finish(_shrink(img, reduce_to), label, None, min_size)
             return _finish(img, label, max_pixels, min_size)
     finally:
         if isinstance(source, (str, os.PathLike)):
             fp.close()
+
+
+def _shrink(img: Image.Image, side: int) -> Image.Image:
+    """An image with its longer side at most ``side``: an integer-factor box reduction, then a thumbnail."""
+    factor = max(img.size) // side
+    small = img.reduce(factor) if factor > 1 and img.mode not in ("P", "1") else img.copy()
+    small.thumbnail((side, side))
+    return small
 
 
 def _open_source(source, label: str) -> IO[bytes]:
