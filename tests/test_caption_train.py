@@ -270,3 +270,26 @@ def test_load_captioner_is_loaded_once_until_its_directory_changes(trained, tmp_
     (model_dir / "metrics.json").write_text('{"val/CIDEr": 9.0}')  # the directory was saved again
     again = load_captioner(model_dir)
     assert again is not first and again.metrics == {"val/CIDEr": 9.0}
+
+
+def test_unreadable_training_images_are_skipped_and_said(tmp_path):
+    """One broken or missing file must not fail a run: it is left out before extraction, on a warning line each."""
+    from modalbridge.training import engine
+
+    load_builtins()
+    data = make_fixture(tmp_path / "data", n_train=6, n_val=3, n_test=1)
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    lines = (data / "captions.jsonl").read_text().splitlines()
+    lines += [json.dumps({"image": name, "captions": ["a bad file"], "split": "train"})
+              for name in ("broken.png", "missing.png")]
+    (data / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", [
+        f"run_root={tmp_path / 'runs'}", f"data.data=folder:{data}", f"data.encoder={tiny_resnet(tmp_path / 'enc')}",
+        f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1", "data.batch_size=3",
+    ])
+    with pytest.warns(UserWarning) as seen:
+        run_dir = engine.train(cfg)
+    said = [str(w.message) for w in seen]
+    assert [s for s in said if "skipping" in s and "broken.png" in s], said  # unreadable: left out before extraction
+    assert [s for s in said if "missing.png" in s], said  # missing: the dataset loader already drops it, and says so
+    assert (run_dir / "model" / "model.safetensors").is_file()

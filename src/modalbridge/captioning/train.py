@@ -144,6 +144,29 @@ def _records(spec: str) -> list:
     return list(datasets.load(spec))
 
 
+def readable(records: list, what: str, max_lines: int = 20) -> list:
+    """The records whose image files can be used (header checked, nothing decoded); each skipped file is said on a
+    ``warning:`` line (the first ``max_lines``, then a count), so one bad file never fails a training run."""
+    from modalbridge.captioning.features import DATASET_MAX_SIDE
+    from modalbridge.vision.io import check_image_file
+
+    keep, skipped = [], 0
+    for r in records:
+        try:
+            check_image_file(r.path, reduce_to=DATASET_MAX_SIDE)
+        except UserError as e:
+            skipped += 1
+            if skipped <= max_lines:
+                warnings.warn(f"skipping a {what} image: {e}", stacklevel=2)
+            continue
+        keep.append(r)
+    if skipped > max_lines:
+        warnings.warn(f"skipped {skipped} {what} images in all ({skipped - max_lines} more not listed)", stacklevel=2)
+    if not keep:
+        raise UserError(f"none of the {len(records)} {what} images can be read")
+    return keep
+
+
 def _split(records: list, name: str, limit: int) -> list:
     out = [r for r in records if r.split == name]
     if not out:
@@ -222,6 +245,12 @@ class CaptionTask(Task):
         enc = encoder.describe()
         params = dict(m.params)
         feature = params.get("feature", getattr(cls, "feature", "grid"))
+        # Before extracting (never when the cache is complete): leave out files that cannot be read.
+        train_recs, val_recs = (
+            recs if features.is_cached(encoder, [r.path for r in recs], d.cache_dir, feature == "grid", d.feature_dtype)
+            else readable(recs, name)
+            for recs, name in ((train_recs, d.train_split), (val_recs, d.val_split))
+        )
         caches = [
             features.extract(encoder, [r.path for r in recs], d.cache_dir, batch_size=d.extract_batch_size,
                              store_grid=feature == "grid", dtype=d.feature_dtype, num_workers=d.num_workers,

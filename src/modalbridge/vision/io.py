@@ -97,6 +97,29 @@ def load_image(
             fp.close()
 
 
+def check_image_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     reduce_to: int | None = None) -> None:
+    """What ``load_image(path, max_pixels, reduce_to=reduce_to)`` checks before decoding (existence, format, header
+    size, Pillow's decompression-bomb limits), without decoding: a UserError for a file that cannot be used."""
+    label = str(path)
+    fp = _open_source(path, label)
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+        with img:
+            over = max_pixels is not None and img.width * img.height > max_pixels
+            _check_size(img.size, label, None if (over and reduce_to) else max_pixels, 1)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"{label}: refused as a possible decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{label}: not an image, or a format Pillow cannot read") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"{label}: unreadable image ({_first_line(e)})") from None
+    finally:
+        fp.close()
+
+
 def _shrink(img: Image.Image, side: int) -> Image.Image:
     """An image with its longer side at most ``side``: an integer-factor box reduction, then a thumbnail."""
     factor = max(img.size) // side
