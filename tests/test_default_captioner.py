@@ -74,3 +74,16 @@ def test_evaluate_and_caption_cli_without_model_or_data(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     line = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(line) >= {"image", "caption", "logprob"} and line["caption"]
+
+
+def test_caption_results_are_the_typed_caption_records(captioner):
+    from typing import get_type_hints
+
+    from PIL import Image
+
+    from modalbridge.captioning.pipeline import Caption
+
+    (result,) = captioner.caption([Image.new("RGB", (64, 64), (200, 30, 30))], beam=2)
+    assert set(result) == set(get_type_hints(Caption))
+    assert result["image"] is None and isinstance(result["caption"], str) and isinstance(result["logprob"], float)
+    assert len(result["attention"]) == len(result["words"])  # Show-Attend-Tell: one row per word

@@ -16,7 +16,7 @@ import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from PIL import Image
@@ -194,6 +194,17 @@ def _unpack(res, eos_id: int) -> list[dict]:
     return items
 
 
+class Caption(TypedDict):
+    """One image's result of :meth:`Captioner.caption` (a plain dict, so it goes to JSON as it is; the image -> text
+    counterpart of :class:`modalbridge.t2i.pipeline.Drawing`)."""
+
+    image: str | None  # the path, or None for bytes / PIL input
+    caption: str  # one line, no control characters
+    logprob: float  # sum of the emitted tokens' log-probabilities (a line break counted as the end)
+    words: list[str]  # the generated tokens as text
+    attention: list[list[float]] | None  # (len(words), P), Show-Attend-Tell only
+
+
 class Captioner:
     """A loaded captioning model with its image encoder and vocabulary; reuse it for many calls.
 
@@ -248,15 +259,13 @@ class Captioner:
         top_p: float | None = None,
         temperature: float | None = None,
         seed: int = 0,
-    ) -> list[dict]:
+    ) -> list[Caption]:
         """Caption ``images`` (paths, raw bytes or PIL images).
 
         Decoding: beam search with ``beam`` (default 3; 1 = greedy) and ``length_penalty`` (default 1), or nucleus
         sampling when ``top_p`` or ``temperature`` is given (reproducible from ``seed``); see :func:`check_decoding`.
 
-        Returns one dict per image: ``image`` (the path, or None), ``caption`` (one line, no control characters),
-        ``logprob`` (sum of token log-probabilities), ``words`` (the generated tokens as text) and ``attention``
-        (``(len(words), P)`` nested list, Show-Attend-Tell only, else None).
+        Returns one :class:`Caption` per image, in order.
 
         Raises:
             UserError: bad decoding options; an unreadable, empty, truncated or oversized image (all images are
@@ -266,7 +275,7 @@ class Captioner:
         opts = {"beam": beam, "length_penalty": length_penalty, "top_p": top_p, "temperature": temperature,
                 "seed": seed, "vocab": self.vocab}
         loaded = [self._load(im) for im in images]
-        out = []
+        out: list[Caption] = []
         for lo in range(0, len(loaded), batch_size):
             chunk = loaded[lo : lo + batch_size]
             enc = self.encoder.encode([im for _, im in chunk])
@@ -274,13 +283,13 @@ class Captioner:
             for (name, _), res in zip(chunk, decode_features(self.model, memory, max_len=max_len,
                                                              device=self.device, **opts), strict=True):
                 attn = res["attention"]
-                out.append({
-                    "image": name,
-                    "caption": self.text(res["tokens"]),
-                    "logprob": res["logprob"],
-                    "words": self.words(res["tokens"]),
-                    "attention": attn.tolist() if attn is not None and self.has_attention else None,
-                })
+                out.append(Caption(
+                    image=name,
+                    caption=self.text(res["tokens"]),
+                    logprob=res["logprob"],
+                    words=self.words(res["tokens"]),
+                    attention=attn.tolist() if attn is not None and self.has_attention else None,
+                ))
         return out
 
 
