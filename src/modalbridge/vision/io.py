@@ -65,21 +65,8 @@ def load_image(
         return _finish(_from_array(source, label), label, max_pixels, min_size)
     fp = _open_source(source, label)
     try:
-        try:
-            # Pillow's bomb check runs inside open(); its warning becomes an error here. catch_warnings swaps
-            # process-global state, hence the lock (the web app loads images from worker threads).
-            with _WARNINGS_LOCK, warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(fp)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise UserError(f"{label}: refused as a possible decompression bomb ({e})") from None
-        except UnidentifiedImageError:
-            raise UserError(f"{label}: not an image, or a format Pillow cannot read{_hint(fp)}") from None
-        except (OSError, ValueError, SyntaxError) as e:  # malformed headers
-            raise UserError(f"{label}: unreadable image ({_first_line(e)})") from None
+        img, reduce = _open_header(fp, label, max_pixels, min_size, reduce_to)
         with img:
-            reduce = bool(reduce_to) and max_pixels is not None and img.width * img.height > max_pixels
-            _check_size(img.size, label, None if reduce else max_pixels, min_size)  # header only: nothing decoded
             try:
                 img.seek(0)  # first frame of animations / multi-page files
                 if reduce and img.format == "JPEG":
@@ -97,6 +84,31 @@ def load_image(
             fp.close()
 
 
+def _open_header(fp: IO[bytes], label: str, max_pixels: int | None, min_size: int,
+                 reduce_to: int | None) -> tuple[Image.Image, bool]:
+    """``Image.open`` (header only, nothing decoded) with Pillow's bomb checks and the size checks as UserErrors.
+    Returns the opened image and whether it is over ``max_pixels`` and will be decoded reduced (``reduce_to``)."""
+    try:
+        # Pillow's bomb check runs inside open(); its warning becomes an error here. catch_warnings swaps
+        # process-global state, hence the lock (the web app loads images from worker threads).
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"{label}: refused as a possible decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{label}: not an image, or a format Pillow cannot read{_hint(fp)}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # malformed headers
+        raise UserError(f"{label}: unreadable image ({_first_line(e)})") from None
+    reduce = bool(reduce_to) and max_pixels is not None and img.width * img.height > max_pixels
+    try:
+        _check_size(img.size, label, None if reduce else max_pixels, min_size)
+    except UserError:
+        img.close()
+        raise
+    return img, reduce
+
+
 def check_image_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                      reduce_to: int | None = None) -> None:
     """What ``load_image(path, max_pixels, reduce_to=reduce_to)`` checks before decoding (existence, format, header
@@ -104,18 +116,7 @@ def check_image_file(path: str | os.PathLike, max_pixels: int | None = DEFAULT_M
     label = str(path)
     fp = _open_source(path, label)
     try:
-        with _WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fp)
-        with img:
-            over = max_pixels is not None and img.width * img.height > max_pixels
-            _check_size(img.size, label, None if (over and reduce_to) else max_pixels, 1)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UserError(f"{label}: refused as a possible decompression bomb ({e})") from None
-    except UnidentifiedImageError:
-        raise UserError(f"{label}: not an image, or a format Pillow cannot read") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise UserError(f"{label}: unreadable image ({_first_line(e)})") from None
+        _open_header(fp, label, max_pixels, 1, reduce_to)[0].close()
     finally:
         fp.close()
 
