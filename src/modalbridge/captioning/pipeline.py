@@ -374,10 +374,3 @@ def evaluate(
     scores = score(refs, hyps, lang=lang, meteor=meteor)
     scores["n_images"] = len(records)
     return scores
-
-
-# --------------------------------------------------------------------------------------------- attention
-
-
-
-

@@ -73,20 +73,18 @@ class CaptionDecoder(nn.Module):
         return []
 
     def _mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with the never-generated ids at -inf. Without autograd (decoding, evaluation) the model's own
+        fresh logits are masked in place: no (B, [T,] V) copy."""
         ids = self.never_generated()
         if not ids:
             return logits
-        return logits.index_fill(-1, torch.tensor(ids, device=logits.device), float("-inf"))
+        fill = logits.index_fill if torch.is_grad_enabled() else logits.index_fill_
+        return fill(-1, torch.tensor(ids, device=logits.device), float("-inf"))
 
     def step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
         """One decoding step: tokens ``(B,)`` -> log-probabilities ``(B, V)``, new state, attention ``(B, P)``."""
         logits, state, attn = self._step(tokens, state)
-        logits = logits.float()
-        ids = self.never_generated()
-        if ids and not torch.is_grad_enabled():  # decoding: the step's own logits, masked in place (no (B, V) copy)
-            logits.index_fill_(-1, torch.tensor(ids, device=logits.device), float("-inf"))
-            return F.log_softmax(logits, dim=-1), state, attn
-        return F.log_softmax(self._mask(logits), dim=-1), state, attn
+        return F.log_softmax(self._mask(logits.float()), dim=-1), state, attn
 
     def reorder_state(self, state: dict, index: torch.Tensor) -> dict:
         return {k: v.index_select(0, index) for k, v in state.items()}

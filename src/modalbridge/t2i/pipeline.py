@@ -244,24 +244,3 @@ def load_pipeline(spec: str | Path | None = None, generator: str | Path | None =
     """
     classifier = load_classifier(spec)
     return _load(classifier.source, None if generator is None else str(generator))
-
-
-# ---------------------------------------------------------------------- files
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
