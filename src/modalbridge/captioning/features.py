@@ -152,13 +152,14 @@ def cache_key(encoder, paths: list[str | Path], store_grid: bool = True, dtype: 
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
-def is_cached(encoder, paths: list[str | Path], cache_dir: str | Path, store_grid: bool = True,
-              dtype: str = "float16") -> bool:
-    """Whether :func:`extract` would only load (a complete cache of these files exists)."""
+def cached(encoder, paths: list[str | Path], cache_dir: str | Path, store_grid: bool = True,
+           dtype: str = "float16") -> FeatureCache | None:
+    """The complete cache of these files if there is one (what :func:`extract` would load), else None."""
     try:
-        return (Path(cache_dir) / cache_key(encoder, paths, store_grid, dtype) / "meta.json").is_file()
+        root = Path(cache_dir) / cache_key(encoder, paths, store_grid, dtype)
     except UserError:  # a missing file: nothing can be cached for this list
-        return False
+        return None
+    return load(root) if (root / "meta.json").is_file() else None
 
 
 DATASET_MAX_SIDE = 2048  # longer side of a dataset image decoded at reduced size (encoders resize to ~224-384)

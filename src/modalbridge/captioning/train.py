@@ -245,30 +245,30 @@ class CaptionTask(Task):
         enc = encoder.describe()
         params = dict(m.params)
         feature = params.get("feature", getattr(cls, "feature", "grid"))
-        # Before extracting (never when the cache is complete): leave out files that cannot be read.
-        train_recs, val_recs = (
-            recs if features.is_cached(encoder, [r.path for r in recs], d.cache_dir, feature == "grid", d.feature_dtype)
-            else readable(recs, name)
-            for recs, name in ((train_recs, d.train_split), (val_recs, d.val_split))
-        )
-        caches = [
-            features.extract(encoder, [r.path for r in recs], d.cache_dir, batch_size=d.extract_batch_size,
-                             store_grid=feature == "grid", dtype=d.feature_dtype, num_workers=d.num_workers,
-                             device=d.extract_device)
-            for recs in (train_recs, val_recs)
-        ]
+        store = {"store_grid": feature == "grid", "dtype": d.feature_dtype}
+
+        def features_of(encoder, recs: list, what: str) -> tuple[list, features.FeatureCache]:
+            cache = features.cached(encoder, [r.path for r in recs], d.cache_dir, **store)
+            if cache is None:  # extraction ahead: first leave out files that cannot be read
+                recs = readable(recs, what)
+                cache = features.extract(encoder, [r.path for r in recs], d.cache_dir, batch_size=d.extract_batch_size,
+                                         num_workers=d.num_workers, device=d.extract_device, **store)
+            return recs, cache
+
+        (train_recs, train_cache), (val_recs, val_cache) = (features_of(encoder, train_recs, d.train_split),
+                                                            features_of(encoder, val_recs, d.val_split))
         del encoder
         self.model = self._build_model(cls, params, enc, [c for r in train_recs for c in r.captions])
         self.feature = self.model.feature
         self.text = CaptionCodec(self.vocab, None if self.vocab is not None else self.model, d.max_len)
         self.pad_id = self.model.config.pad_id
-        self.train_data = self._make_split(train_recs, caches[0].get(self.feature))
+        self.train_data = self._make_split(train_recs, train_cache.get(self.feature))
         n_val = d.max_val_images if d.max_val_images > 0 else len(val_recs)
-        val_rows = caches[1].get(self.feature)
+        val_rows = val_cache.get(self.feature)
         self.val_data = self._make_split(val_recs[:n_val], val_rows if n_val == len(val_rows) else val_rows[:n_val])
         n_cider = d.val_cider_images if d.val_cider_images > 0 else len(val_recs)
         self.cider_records = val_recs[:n_cider]
-        self.cider_features = caches[1].get(self.feature)[:n_cider]
+        self.cider_features = val_rows[:n_cider]
         self._prepared = True
 
     def _build_model(self, cls, params: dict, enc: dict, train_captions: list[str]):
