@@ -17,12 +17,11 @@ load average before and after.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
 import torch
-from common import report, summary  # bench/common.py
+from common import loadavg, report, speedups, summary  # bench/common.py
 
 from modalbridge.captioning.decoding import beam_search
 from modalbridge.captioning.sat import SATConfig, ShowAttendTell
@@ -84,10 +83,6 @@ def matmul_peak(m: int, k: int, n: int, reps: int = 10) -> float:
     return 2 * m * k * n / best / 1e9
 
 
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=256)
@@ -135,7 +130,7 @@ def main() -> None:
                 assert worst <= 1e-4, f"batched and per-image log-probs differ by {worst}"
     after = loadavg()
     peak = matmul_peak(args.images * args.beam, 512, 5000)
-    ratios = [s / b for s, b in zip(t_s, t_b, strict=True)]
+    ratios = speedups(t_s, t_b)
     lengths = [len(t) for t in ref.tokens]
     med_b = statistics.median(t_b)
     print(f"device={device} threads={torch.get_num_threads()} images={args.images} beam={args.beam} "

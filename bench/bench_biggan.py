@@ -15,7 +15,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from common import interleave, loadavg, report, spread, summary  # bench/common.py
+from common import interleave, loadavg, report, speedups, spread, summary  # bench/common.py
 
 from modalbridge.generators.biggan import BigGAN, BigGANConfig, truncated_noise
 
@@ -69,7 +69,7 @@ def main() -> None:
         after = loadavg()
     diff = max((r - o).abs().max().item() for r, o in zip(outs["reference"], outs["modalbridge"], strict=True))
     assert diff < 1e-4, f"outputs differ by {diff:.2e}"
-    ratios = [r / o for r, o in zip(times["reference"], times["modalbridge"], strict=True)]
+    ratios = speedups(times["reference"], times["modalbridge"])
     print(f"BigGAN-deep-128, batch {args.batch}, truncation {args.truncation}, {torch.get_num_threads()} threads, "
           f"{args.iters} interleaved batches each; load average before {before}, after {after}")
     ips = {k: [args.batch / t for t in ts] for k, ts in times.items()}

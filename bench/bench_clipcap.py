@@ -19,7 +19,7 @@ import os
 import tempfile
 
 import torch
-from common import interleave, loadavg, report, spread, summary  # bench/common.py
+from common import interleave, loadavg, report, speedups, spread, summary  # bench/common.py
 
 from modalbridge.captioning import clipcap, decoding
 from modalbridge.captioning.clipcap import ClipCap, RecomputingClipCap
@@ -85,8 +85,8 @@ def main() -> None:
     # where two beams are tied that closely, and then its score would still agree.
     assert same == len(a.tokens) and worst < 1e-4, f"{same}/{len(a.tokens)} captions identical; scores off by {worst}"
 
-    load_ratio = [x / y for x, y in zip(load_t["GGUF every load"], load_t["cached safetensors"], strict=True)]
-    dec_ratio = [x / y for x, y in zip(dec_t["recompute"], dec_t["KV cache"], strict=True)]
+    load_ratio = speedups(load_t["GGUF every load"], load_t["cached safetensors"])
+    dec_ratio = speedups(dec_t["recompute"], dec_t["KV cache"])
     print(f"SmolLM2-135M ({gguf}), {torch.get_num_threads()} threads, {args.reps} interleaved repetitions; "
           f"load average before {before}, after {after}")
     for k, v in load_t.items():

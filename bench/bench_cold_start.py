@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import report, summary  # bench/common.py
+from common import loadavg, report, summary  # bench/common.py
 
 HEAVY = ("transformers", "gradio", "lightning", "pytorch_lightning", "lightning_fabric", "mlflow", "wandb",
          "tensorboard", "tensorboardX", "torch.utils.tensorboard")
@@ -33,10 +33,6 @@ PROBE = (
     "sys.argv = ['modalbridge'] + sys.argv[1:]\n"
     "runpy.run_module('modalbridge', run_name='__main__')\n"
 )
-
-
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def run(argv: list[str], env: dict) -> tuple[float, str]:

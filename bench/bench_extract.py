@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import interleave, loadavg, report, spread, summary  # bench/common.py
+from common import interleave, loadavg, report, speedups, spread, summary  # bench/common.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,8 +61,8 @@ def part1(n: int, batch_size: int, reps: int) -> dict:
     assert diff < 1e-4 and all(len(a) == len(b) for run in outs["batched + sorted"]
                                for a, b in zip(ref, run, strict=True)), diff
     rate = {k: [len(texts) / t for t in ts] for k, ts in times.items()}
-    ratio = [a / b for a, b in zip(times["one at a time"], times["batched + sorted"], strict=True)]
-    ratio_sort = [a / b for a, b in zip(times["batched, unsorted"], times["batched + sorted"], strict=True)]
+    ratio = speedups(times["one at a time"], times["batched + sorted"])
+    ratio_sort = speedups(times["batched, unsorted"], times["batched + sorted"])
     print(f"part 1: {len(texts)} Fashion sentences, MiniLM, torch threads {torch.get_num_threads()}, {reps} "
           f"interleaved repetitions; load average before {before}, after {after}")
     for k, v in rate.items():

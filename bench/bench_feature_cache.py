@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import interleave, loadavg, report, spread, summary  # bench/common.py
+from common import interleave, loadavg, report, speedups, spread, summary  # bench/common.py
 from PIL import Image
 
 from modalbridge.captioning import features
@@ -150,7 +150,7 @@ def main() -> None:
                for a, b in zip(x, y, strict=True))
     assert diff < 1e-3, f"cached and on-the-fly losses differ by {diff:.2e} (relative)"
     n_pairs = len(pairs)
-    ratio = [f / c for f, c in zip(times["on the fly"], times["cached"], strict=True)]
+    ratio = speedups(times["on the fly"], times["cached"])
     print(f"encoder {args.encoder}, images {args.images}, pairs {n_pairs}, batch {args.batch}, device {args.device}, "
           f"torch threads {torch.get_num_threads()}, {args.reps} interleaved repetitions; "
           f"load average before {before}, after {after}")

@@ -18,7 +18,7 @@ import resource
 import time
 
 import numpy as np
-from common import interleave, loadavg, report, spread, summary  # bench/common.py
+from common import interleave, loadavg, report, speedups, spread, summary  # bench/common.py
 
 from modalbridge.metrics import caption as cap
 
@@ -148,7 +148,7 @@ def main() -> None:
     for k, ts in times.items():
         extra = _fmt(outs[k][0]) if k.startswith("score") else ""
         print(f"  {k:26s} {spread(ts, fmt='.2f')} s  {extra}")
-    cider_ratio = [r / o for r, o in zip(times["CIDEr-D pycocoevalcap"], times["CIDEr-D ours"], strict=True)]
+    cider_ratio = speedups(times["CIDEr-D pycocoevalcap"], times["CIDEr-D ours"])
     print(f"  CIDEr-D port / pycocoevalcap speed {spread(cider_ratio, fmt='.1f')}x; identical ({c_ours:.6f})")
     print(f"  tokenize only (once): PTB (one JVM call) {t_ptb:.2f} s | Unicode (Python regex) {t_uni:.2f} s "
           f"| identical output on {100 * agree:.1f}% of captions")

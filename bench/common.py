@@ -26,6 +26,11 @@ def spread(xs: list[float], scale: float = 1.0, fmt: str = ".3f") -> str:
     return f"{statistics.median(ys):{fmt}} ({min(ys):{fmt}}..{max(ys):{fmt}})"
 
 
+def speedups(num: list[float], den: list[float]) -> list[float]:
+    """Per-repetition ratios of two interleaved sides' times (the speed-up of ``den`` over ``num``)."""
+    return [a / b for a, b in zip(num, den, strict=True)]
+
+
 def summary(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
