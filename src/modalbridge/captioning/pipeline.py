@@ -298,7 +298,8 @@ def load_captioner(spec: str | Path | None = None, device: str | torch.device = 
     once per process, directory and device (like ``load_pipeline``); a directory whose files changed since is
     loaded again."""
     path = assets.resolve_model(spec, DEFAULT_MODEL, "captioning model")
-    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(path.iterdir()) if f.is_file())
+    stamp = tuple((f.name, st.st_mtime_ns, st.st_size) for f in sorted(path.iterdir())
+                  if f.is_file() and (st := f.stat()))
     return _load_captioner(str(path), str(torch.device(device)), stamp)
 
 
