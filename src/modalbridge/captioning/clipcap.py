@@ -73,7 +73,7 @@ def _dequantize_once(spec: str, directory: Path, gguf: str) -> Path:
     import sys
     import tempfile
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     out = dequantized_dir(directory / gguf)
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
@@ -82,11 +82,7 @@ def _dequantize_once(spec: str, directory: Path, gguf: str) -> Path:
         raise UserError(f"language model '{spec}' is a GGUF file; reading it needs: pip install gguf")
     print(f"dequantizing {gguf} once into {out} (float32 safetensors; later loads read it directly) ...",
           file=sys.stderr)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf)
-        lm = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load language model '{spec}' from {directory}: {str(e).splitlines()[0]}") from None
+    lm, tokenizer = _from_pretrained(spec, directory, gguf_file=gguf)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
@@ -109,18 +105,24 @@ def _dequantize_once(spec: str, directory: Path, gguf: str) -> Path:
     return out
 
 
-def load_lm(spec: str):
-    """Load ``(causal LM, tokenizer)`` by hub name, local directory, ``.gguf`` file or ``smollm2``."""
+def _from_pretrained(spec: str, directory: Path, **kwargs):
+    """``(causal LM, tokenizer)`` through transformers' Auto classes; a failure is one UserError line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load language model '{spec}' from {directory}: {str(e).splitlines()[0]}") from None
+    return lm, tokenizer
+
+
+def load_lm(spec: str):
+    """Load ``(causal LM, tokenizer)`` by hub name, local directory, ``.gguf`` file or ``smollm2``."""
     directory, gguf = lm_location(spec)
     if gguf:
         directory = _dequantize_once(spec, directory, gguf)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        lm = AutoModelForCausalLM.from_pretrained(str(directory))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load language model '{spec}' from {directory}: {str(e).splitlines()[0]}") from None
+    lm, tokenizer = _from_pretrained(spec, directory)
     if lm.dtype != torch.float32 and not getattr(lm, "is_quantized", False):
         lm = lm.float()  # half-precision checkpoints: the mapper and the loss run in float32
     return lm, tokenizer
