@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from modalbridge import checkpoint
+from modalbridge.generators import biggan  # noqa: F401 - registers biggan_deep
 from modalbridge.training.gan import sample
 from modalbridge.vision import fashion_mnist
 from modalbridge.vision.classifier import frechet_distance_features, load_judge, to_model_range

@@ -126,6 +126,11 @@ def test_feature_cache_reuse_and_resume(tmp_path, trained):
     c = features.extract(enc, paths[::-1], tmp_path, batch_size=4, shard_size=4, progress=False, store_grid=False)
     assert c.dir != a.dir and c.grid is None
     torch.testing.assert_close(c.pooled.tensor().flip(0), a.pooled.tensor())
+    # One cache per encoder: a pooled-only request (Show and Tell, ClipCap) reuses the grid cache, nothing new.
+    before = sorted(p.name for p in tmp_path.iterdir())
+    d = features.extract(enc, paths, tmp_path, batch_size=4, shard_size=4, progress=False, store_grid=False)
+    assert d.dir == a.dir and sorted(p.name for p in tmp_path.iterdir()) == before
+    assert features.cached(enc, paths, tmp_path, store_grid=False).dir == a.dir
 
 
 def test_bad_config_values_are_user_errors(tmp_path):
@@ -293,3 +298,39 @@ def test_unreadable_training_images_are_skipped_and_said(tmp_path):
     assert [s for s in said if "skipping" in s and "broken.png" in s], said  # unreadable: left out before extraction
     assert [s for s in said if "missing.png" in s], said  # missing: the dataset loader already drops it, and says so
     assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+def _finetune(tmp: Path, data: Path, enc: Path, unfreeze_after: int) -> Path:
+    from modalbridge.training import engine
+
+    cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", [
+        f"run_root={tmp / 'runs'}", f"data.data=folder:{data}", f"data.encoder={enc}",
+        f"data.cache_dir={tmp / 'cache'}", "trainer.max_epochs=2", "data.batch_size=6", "optim.lr=0.01",
+        "data.trainable_blocks=1", f"data.unfreeze_after={unfreeze_after}", "data.encoder_lr=0.01",
+    ])
+    return engine.train(cfg)
+
+
+def test_encoder_finetuning_trains_the_last_blocks_after_the_warm_up(trained, tmp_path):
+    """data.trainable_blocks caches the stem and trains the last blocks from epoch unfreeze_after on; the exported
+    model carries them (encoder.safetensors) and load_captioner applies them."""
+    from safetensors.torch import load_file
+
+    from modalbridge.captioning.pipeline import load_captioner
+    from modalbridge.vision.encoders import build_encoder
+
+    _, data, _, enc = trained
+    pretrained = build_encoder(str(enc), trainable_blocks=1).top_state()
+    tuned = _finetune(tmp_path / "a", data, enc, unfreeze_after=1) / "model"
+    kept = _finetune(tmp_path / "b", data, enc, unfreeze_after=5) / "model"  # never unfrozen in 2 epochs
+    caches = [json.loads(p.read_text()) for p in (tmp_path / "a" / "cache").glob("*/meta.json")]
+    assert len(caches) == 2 and all(c["encoder"]["stem_without_last_blocks"] == 1 for c in caches)
+    assert json.loads((tuned / "config.json").read_text())["extra"]["encoder_trainable_blocks"] == 1
+    got, same = load_file(str(tuned / "encoder.safetensors")), load_file(str(kept / "encoder.safetensors"))
+    assert set(got) == set(pretrained) == set(same)
+    assert all(torch.equal(same[k], pretrained[k]) for k in pretrained)  # frozen blocks: weights and BN stats kept
+    assert any(not torch.equal(got[k], pretrained[k]) for k in pretrained if got[k].is_floating_point())
+    cap = load_captioner(tuned)
+    assert all(torch.equal(cap.encoder.top_state()[k], got[k]) for k in got)
+    out = cap.caption([r for r in sorted((data / "train").glob("*.png"))[:2]], beam=2)
+    assert all(isinstance(o["caption"], str) and o["caption"] for o in out)

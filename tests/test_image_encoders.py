@@ -156,3 +156,47 @@ def test_efficientnet_lite0_real_weights_deterministic():
     assert enc.logits(enc.preprocess([_image(), img]))[1].argmax() == logits[0].argmax()
     assert torch.softmax(logits, -1).max() > 0.05  # real weights: far above the 0.001 of a random head
     assert (a.grid >= 0).all() and (a.grid <= 6).all()  # ReLU6 head activation
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vit", "clip", "efficientnet-lite0"])
+def test_stem_then_top_equals_the_library_forward(kind, tmp_path):
+    """Fine-tuning caches stem(pixels, n) and trains top(., n) on it: for every cut n the two halves must give the
+    library's own forward (HF ``backbone(pixel_values=...)``, efficientnet's ``extract_features``)."""
+    if kind == "efficientnet-lite0":
+        enc = E.EfficientNetLite0Encoder(pretrained=False).eval()
+    else:
+        TINY[kind][0](tmp_path)
+        enc = E.build_encoder(str(tmp_path))
+    x = enc.preprocess([_image(), _image(seed=1)])
+    with torch.no_grad():
+        ref = enc.features(x)
+        for n in range(len(enc.blocks()) + 1):
+            out = enc.top(enc.stem(x, n), n)
+            torch.testing.assert_close(out.grid, ref.grid, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out.pooled, ref.pooled, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vit"])
+def test_split_encoder_rows_and_top_state_round_trip(kind, tmp_path):
+    TINY[kind][0](tmp_path)
+    enc = E.build_encoder(str(tmp_path), trainable_blocks=1)
+    stem, top = E.split_encoder(enc)
+    assert stem.frozen and stem.cache_key() != E.build_encoder(str(tmp_path)).cache_key()
+    x = enc.preprocess([_image(), _image(seed=1)])
+    rows = stem.features(x).grid  # what the feature cache stores: (B, P', C')
+    assert rows.dim() == 3
+    out = top(rows)
+    torch.testing.assert_close(out.grid, enc.features(x).grid, atol=1e-5, rtol=1e-5)
+    out.pooled.sum().backward()  # gradients reach the trainable blocks only
+    assert all(p.grad is not None for p in enc.blocks()[-1].parameters())
+    assert all(p.grad is None for p in enc.blocks()[0].parameters())
+    state = enc.top_state()
+    assert state and all(k.startswith(tuple(p + "." for p in enc._trainable_prefixes())) for k in state)
+    fresh = E.build_encoder(str(tmp_path), trainable_blocks=1)
+    changed = {k: v + 1.0 if v.is_floating_point() else v for k, v in state.items()}
+    fresh.load_top_state(changed, "test")
+    assert all(torch.equal(fresh.top_state()[k], v) for k, v in changed.items())
+    with pytest.raises(UserError, match="do not fit"):
+        E.build_encoder(str(tmp_path), trainable_blocks=2).load_top_state(state, "test")
+    with pytest.raises(UserError, match="trainable_blocks > 0"):
+        E.split_encoder(E.build_encoder(str(tmp_path)))

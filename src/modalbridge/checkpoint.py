@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 
 from modalbridge import __version__
 from modalbridge.config import from_dict, to_dict
@@ -37,6 +37,7 @@ def save(
     vocab: Any = None,
     metrics: dict | None = None,
     extra: dict | None = None,
+    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Save ``model`` (a registered module with a dataclass ``config``) as a model directory, atomically.
 
@@ -46,6 +47,8 @@ def save(
         vocab: JSON-serialisable vocabulary written to ``vocab.json``.
         metrics: written to ``metrics.json``.
         extra: more JSON-serialisable metadata stored under ``"extra"`` in ``config.json``.
+        tensors: more safetensors files in the directory, ``{file name: {tensor name: tensor}}`` (e.g. the
+            fine-tuned blocks of a captioner's image encoder, ``encoder.safetensors``).
     """
     path = Path(path)
     model_type = getattr(type(model), "model_type", None)
@@ -64,6 +67,8 @@ def save(
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if vocab is not None:
             (tmp / VOCAB_NAME).write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+        for name, state in (tensors or {}).items():
+            save_file(state, str(tmp / name))
         if metrics is not None:
             (tmp / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         old = None

@@ -154,12 +154,18 @@ def cache_key(encoder, paths: list[str | Path], store_grid: bool = True, dtype: 
 
 def cached(encoder, paths: list[str | Path], cache_dir: str | Path, store_grid: bool = True,
            dtype: str = "float16") -> FeatureCache | None:
-    """The complete cache of these files if there is one (what :func:`extract` would load), else None."""
+    """The complete cache of these files if there is one (what :func:`extract` would load), else None.
+
+    One cache per encoder serves every decoder: pooled-only requests (Show and Tell, ClipCap) reuse a cache that
+    also holds the grid (written for Show, Attend and Tell) instead of extracting again."""
     try:
-        root = Path(cache_dir) / cache_key(encoder, paths, store_grid, dtype)
+        keys = [cache_key(encoder, paths, grid, dtype) for grid in ((True,) if store_grid else (False, True))]
     except UserError:  # a missing file: nothing can be cached for this list
         return None
-    return load(root) if (root / "meta.json").is_file() else None
+    for key in keys:
+        if (Path(cache_dir) / key / "meta.json").is_file():
+            return load(Path(cache_dir) / key)
+    return None
 
 
 DATASET_MAX_SIDE = 2048  # longer side of a dataset image decoded at reduced size (encoders resize to ~224-384)
@@ -212,10 +218,11 @@ def extract(
     paths = [str(p) for p in paths]
     if not paths:
         raise UserError("no images to extract features from")
+    found = cached(encoder, paths, cache_dir, store_grid, dtype)
+    if found is not None:
+        return found
     key = cache_key(encoder, paths, store_grid, dtype)
     root = Path(cache_dir) / key
-    if (root / "meta.json").is_file():
-        return load(root)
     root.mkdir(parents=True, exist_ok=True)
     n_shards = (len(paths) + shard_size - 1) // shard_size
     todo = [s for s in range(n_shards) if not (root / f"shard-{s:05d}.safetensors").is_file()]

@@ -307,7 +307,6 @@ def load_captioner(spec: str | Path | None = None, device: str | torch.device = 
 def _load_captioner(directory: str, device: str, stamp: tuple) -> Captioner:
     from modalbridge.captioning import clipcap, sat  # noqa: F401 - register the model types
     from modalbridge.captioning.vocab import Vocab
-    from modalbridge.vision.encoders import build_encoder
 
     path = Path(directory)
     model = ckpt.load(path, expected=CAPTION_MODEL_TYPES)
@@ -321,13 +320,29 @@ def _load_captioner(directory: str, device: str, stamp: tuple) -> Captioner:
             raise UserError(
                 f"{path}: vocab.json has {len(vocab)} words but the model expects {model.config.vocab_size}"
             )
-    encoder = build_encoder(model.config.encoder)
+    encoder = _encoder_of(path, model.config.encoder)
     if encoder.dim != model.config.feature_dim:
         raise UserError(f"{path}: encoder '{model.config.encoder}' gives {encoder.dim}-d features, the model was "
                         f"trained on {model.config.feature_dim}-d")
     cap = Captioner(model, encoder, vocab, source=str(path), device=device)
     cap.metrics = ckpt.read_json_file(path / ckpt.METRICS_NAME)
     return cap
+
+
+def _encoder_of(path: Path, name: str):
+    """The image encoder a captioner was trained with: ``name`` as published, or with the fine-tuned last blocks
+    that training saved beside the decoder (``encoder.safetensors``, see ``data.trainable_blocks``)."""
+    from modalbridge.vision.encoders import build_encoder
+
+    file = path / "encoder.safetensors"
+    if not file.is_file():
+        return build_encoder(name)
+    n = int(ckpt.read_meta(path).get("extra", {}).get("encoder_trainable_blocks", 0))
+    if n <= 0:
+        raise UserError(f"{path}: {file.name} present but config.json's extra has no encoder_trainable_blocks")
+    encoder = build_encoder(name, trainable_blocks=n)
+    encoder.load_top_state(ckpt.load_state_dict(file), str(file))
+    return encoder.requires_grad_(False).eval()
 
 
 def evaluate(

@@ -40,12 +40,21 @@ from modalbridge.training.engine import make_loader
 from modalbridge.training.task import BridgeModule, Task
 
 
+ENCODER_WEIGHTS = "encoder.safetensors"  # a fine-tuned captioner's encoder blocks, next to model.safetensors
+
+
 @dataclass
 class CaptionDataConfig:
     data: str = ""  # dataset SPEC, e.g. "coco-karpathy:/data/coco/dataset_coco.json" or "folder:/data/scenes"
     train_split: str = "train"
     val_split: str = "val"
     encoder: str = "efficientnet-lite0"  # image encoder name or path (frozen; features are cached)
+    # Encoder fine-tuning (the seeds' recipe: a frozen warm-up, then the last blocks train): the last
+    # trainable_blocks blocks (+ the head norm) run on the fly and train from epoch unfreeze_after on, at encoder_lr;
+    # the cache holds the frozen stem's output (before those blocks) instead of the final grid. 0 = frozen encoder.
+    trainable_blocks: int = 0
+    unfreeze_after: int = 0  # epochs with the whole encoder frozen first (the decoder warms up)
+    encoder_lr: float = 1.0e-4
     cache_dir: str = "cache/features"
     feature_dtype: Literal["float16", "float32", "bfloat16"] = "float16"
     extract_batch_size: int = 32
@@ -197,13 +206,41 @@ class CaptionData(pl.LightningDataModule):
 
 # -------------------------------------------------------------------------------------------------- module
 class CaptionModule(BridgeModule):
+    """The decoder (``model``, what gets exported) and, when fine-tuning, the encoder's last blocks
+    (``encoder_top``, an :class:`~modalbridge.vision.encoders.EncoderTop` over the cached stem rows)."""
+
     def __init__(self, model, optim_cfg, task: CaptionTask):
         super().__init__(model, optim_cfg)
         self.task = task
+        self.encoder_top = task.encoder_top
+
+    def trainable_parameters(self):
+        params = super().trainable_parameters()
+        if self.encoder_top is None:
+            return params
+        top = [p for p in self.encoder_top.parameters() if p.requires_grad]
+        return [{"params": params}, {"params": top, "lr": self.task.cfg.data.encoder_lr}]
+
+    def features(self, rows: torch.Tensor) -> torch.Tensor:
+        """Batch rows -> decoder features: the rows themselves, or the encoder's last blocks run on stem rows
+        (with gradients only in training from epoch ``unfreeze_after`` on; frozen blocks stay in eval mode)."""
+        top = self.encoder_top
+        if top is None:
+            return rows
+        tune = self.training and self.current_epoch >= self.task.cfg.data.unfreeze_after
+        top.train(tune)
+        with torch.set_grad_enabled(tune and torch.is_grad_enabled()):
+            return getattr(top(rows), self.task.feature)
+
+    def training_step(self, batch, batch_idx):
+        feats, input_ids, targets = batch
+        out = self.model(self.features(feats), input_ids, targets)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(feats))
+        return out.loss
 
     def validation_step(self, batch, batch_idx):
         feats, input_ids, targets = batch
-        out = self.model(feats, input_ids, targets)
+        out = self.model(self.features(feats), input_ids, targets)
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=len(feats))
 
     def on_validation_epoch_end(self):
@@ -224,13 +261,14 @@ class CaptionTask(Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         self._prepared = False
+        self.encoder_top = None  # the encoder's trainable last blocks (data.trainable_blocks > 0), set by prepare()
 
     # The model's dims follow from the data (vocabulary, features), so the data is prepared first.
     def prepare(self) -> None:
         if self._prepared:
             return
         from modalbridge.captioning import features
-        from modalbridge.vision.encoders import build_encoder
+        from modalbridge.vision.encoders import build_encoder, split_encoder
 
         d, m = self.cfg.data, self.cfg.model
         self.decoding = _val_decoding(d)  # bad decoding options fail before any feature extraction
@@ -241,11 +279,19 @@ class CaptionTask(Task):
         # Validation needs features for the val/loss images and the val/CIDEr images (prefixes of the split).
         limit = max(d.max_val_images, d.val_cider_images) if d.max_val_images > 0 and d.val_cider_images > 0 else 0
         val_recs = _split(records, d.val_split, limit)
-        encoder = build_encoder(d.encoder)
+        if d.trainable_blocks < 0 or d.unfreeze_after < 0:
+            raise UserError("data.trainable_blocks and data.unfreeze_after must be >= 0")
+        encoder = build_encoder(d.encoder, trainable_blocks=d.trainable_blocks)
         enc = encoder.describe()
         params = dict(m.params)
         feature = params.get("feature", getattr(cls, "feature", "grid"))
         store = {"store_grid": feature == "grid", "dtype": d.feature_dtype}
+        if d.trainable_blocks:  # cache the frozen stem; the last blocks run in the training loop
+            try:
+                encoder, self.encoder_top = split_encoder(encoder)
+            except NotImplementedError as e:
+                raise UserError(f"data.trainable_blocks: {e}") from None
+            store["store_grid"] = True
 
         def features_of(encoder, recs: list, what: str) -> tuple[list, features.FeatureCache]:
             cache = features.cached(encoder, [r.path for r in recs], d.cache_dir, **store)
@@ -262,9 +308,10 @@ class CaptionTask(Task):
         self.feature = self.model.feature
         self.text = CaptionCodec(self.vocab, None if self.vocab is not None else self.model, d.max_len)
         self.pad_id = self.model.config.pad_id
-        self.train_data = self._make_split(train_recs, train_cache.get(self.feature))
+        rows = "grid" if self.encoder_top is not None else self.feature  # stem rows are stored as the grid
+        self.train_data = self._make_split(train_recs, train_cache.get(rows))
         n_val = d.max_val_images if d.max_val_images > 0 else len(val_recs)
-        val_rows = val_cache.get(self.feature)
+        val_rows = val_cache.get(rows)
         self.val_data = self._make_split(val_recs[:n_val], val_rows if n_val == len(val_rows) else val_rows[:n_val])
         n_cider = d.val_cider_images if d.val_cider_images > 0 else len(val_recs)
         self.cider_records = val_recs[:n_cider]
@@ -351,7 +398,15 @@ class CaptionTask(Task):
         model.eval()
         try:
             o = self.decoding
-            seqs = decode_features(model, self.cider_features, beam=o.beam, batch_size=batch_size, device=device,
+            feats = self.cider_features
+            if self.encoder_top is not None:  # stem rows -> final features with the current encoder blocks
+                top_mode = self.encoder_top.training
+                self.encoder_top.eval()
+                dev = device or next(self.encoder_top.parameters()).device
+                feats = torch.cat([getattr(self.encoder_top(feats[i : i + batch_size].float().to(dev)),
+                                           self.feature).cpu() for i in range(0, len(feats), batch_size)])
+                self.encoder_top.train(top_mode)
+            seqs = decode_features(model, feats, beam=o.beam, batch_size=batch_size, device=device,
                                    length_penalty=None if o.sampling else o.length_penalty, top_p=o.top_p,
                                    temperature=o.temperature, seed=self.cfg.seed, vocab=self.vocab)
         finally:
@@ -371,12 +426,17 @@ class CaptionTask(Task):
         vocab = self.vocab.to_dict() if self.vocab is not None else {
             "format": "modalbridge.lm-tokenizer/1", "lm": module.model.config.lm}
         extra = {"run_config": run_config, "data": self.cfg.data.data, "task": "caption"}
+        tensors = None
+        if self.encoder_top is not None:  # the fine-tuned blocks travel with the decoder (load_captioner applies them)
+            n = self.cfg.data.trainable_blocks
+            extra["encoder_trainable_blocks"] = n
+            tensors = {ENCODER_WEIGHTS: self.encoder_top.encoder.top_state()}
         found = getattr(self, "word_vectors_found", None)
         if found is not None:
             m = self.cfg.model
             extra["word_vectors"] = {"source": m.word_vectors, "frozen": m.freeze_word_vectors,
                                      "words_with_vectors": found[0], "words": found[1]}
-        return ckpt.save(module.model, path, vocab=vocab, metrics=metrics, extra=extra)
+        return ckpt.save(module.model, path, vocab=vocab, metrics=metrics, extra=extra, tensors=tensors)
 
 
 def _check_word_vectors(m: CaptionModelConfig, cls) -> None:

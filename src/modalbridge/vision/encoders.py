@@ -215,6 +215,40 @@ class ImageEncoder(nn.Module):
         device = next(self.parameters()).device
         return self.features(self.preprocess(images).to(device))
 
+    # --- partial fine-tuning: the frozen stem's output is cached once; the last n blocks run on the fly.
+    # Subclasses implement both so that ``top(stem(pixels, n), n)`` equals ``features(pixels)`` for every n.
+    def stem(self, pixels: torch.Tensor, n: int) -> torch.Tensor:
+        """Activations before the last ``n`` blocks: ``(B, C', h, w)`` for CNNs, ``(B, T, C)`` tokens for ViTs."""
+        raise NotImplementedError(f"encoder {self.name} cannot be split for fine-tuning")
+
+    def top(self, h: torch.Tensor, n: int) -> EncoderOutput:
+        """The last ``n`` blocks and the head on a :meth:`stem` output."""
+        raise NotImplementedError(f"encoder {self.name} cannot be split for fine-tuning")
+
+    def _trainable_prefixes(self) -> list[str]:
+        trainable = {id(m) for m in getattr(self, "_trainable", [])}
+        return [name for name, m in self.named_modules() if id(m) in trainable]
+
+    def top_state(self) -> dict[str, torch.Tensor]:
+        """The weights and buffers of the unfrozen part (last ``trainable_blocks`` blocks + head norm), as saved
+        next to a captioner fine-tuned with it (``encoder.safetensors``)."""
+        prefixes = tuple(p + "." for p in self._trainable_prefixes())
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k.startswith(prefixes)}
+
+    def load_top_state(self, state: dict[str, torch.Tensor], source: str = "") -> None:
+        """Load :meth:`top_state` tensors: every key must be one of this encoder's unfrozen part, same shape."""
+        own = self.top_state()
+        if set(state) != set(own):
+            extra, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
+            raise UserError(f"{source}: fine-tuned encoder weights do not fit encoder '{self.name}' with "
+                            f"trainable_blocks={self.trainable_blocks} ({len(missing)} missing, e.g. "
+                            f"{missing[:1]}; {len(extra)} unexpected, e.g. {extra[:1]})")
+        for k, v in state.items():
+            if v.shape != own[k].shape:
+                raise UserError(f"{source}: {k} has shape {tuple(v.shape)}, encoder '{self.name}' expects "
+                                f"{tuple(own[k].shape)}")
+        self.load_state_dict(state, strict=False)
+
     def cache_key(self) -> dict:
         """What determines the features: used by the feature cache's hash."""
         return {"kind": self.kind, "name": self.name, "source": str(getattr(self, "source", self.name)),
@@ -263,6 +297,23 @@ class EfficientNetLite0Encoder(ImageEncoder):
         grid = fmap.flatten(2).transpose(1, 2)  # (B, P, C)
         return EncoderOutput(grid=grid, pooled=grid.mean(1))
 
+    def _run_blocks(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        b = self.backbone
+        rate, n = b._global_params.drop_connect_rate, len(b._blocks)
+        for idx in range(lo, hi):  # drop-connect grows with depth, as in extract_features
+            x = b._blocks[idx](x, drop_connect_rate=rate * idx / n if rate else rate)
+        return x
+
+    def stem(self, pixels: torch.Tensor, n: int) -> torch.Tensor:
+        b = self.backbone
+        return self._run_blocks(b._swish(b._bn0(b._conv_stem(pixels))), 0, len(b._blocks) - n)
+
+    def top(self, h: torch.Tensor, n: int) -> EncoderOutput:
+        b = self.backbone
+        h = self._run_blocks(h, len(b._blocks) - n, len(b._blocks))
+        grid = b._swish(b._bn1(b._conv_head(h))).flatten(2).transpose(1, 2)  # (B, P, C)
+        return EncoderOutput(grid=grid, pooled=grid.mean(1))
+
     @torch.no_grad()
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k class logits ``(B, 1000)`` of the pretrained classifier head."""
@@ -301,6 +352,14 @@ class _HFEncoder(ImageEncoder):
         return int(cfg.hidden_size)
 
 
+def _run_layers(h: torch.Tensor, layers) -> torch.Tensor:
+    """Transformer layers in sequence without a mask (older transformers return tuples, newer tensors)."""
+    for layer in layers:
+        out = layer(h, None)
+        h = out[0] if isinstance(out, tuple) else out
+    return h
+
+
 def _first_attr(obj, *paths: str):
     for path in paths:
         cur = obj
@@ -330,6 +389,20 @@ class HFResNetEncoder(_HFEncoder):
         grid = fmap.flatten(2).transpose(1, 2)  # (B, P, C)
         return EncoderOutput(grid=grid, pooled=grid.mean(1))
 
+    def stem(self, pixels: torch.Tensor, n: int) -> torch.Tensor:
+        h = self.backbone.embedder(pixels)
+        blocks = self.blocks()
+        for blk in blocks[: len(blocks) - n]:
+            h = blk(h)
+        return h  # (B, C', h, w)
+
+    def top(self, h: torch.Tensor, n: int) -> EncoderOutput:
+        blocks = self.blocks()
+        for blk in blocks[len(blocks) - n :]:
+            h = blk(h)
+        grid = h.flatten(2).transpose(1, 2)  # (B, P, C)
+        return EncoderOutput(grid=grid, pooled=grid.mean(1))
+
 
 @ENCODERS.register("vit")
 class HFViTEncoder(_HFEncoder):
@@ -349,6 +422,15 @@ class HFViTEncoder(_HFEncoder):
 
     def features(self, pixels: torch.Tensor) -> EncoderOutput:
         h = self.backbone(pixel_values=pixels).last_hidden_state  # (B, 1 + P, C)
+        return EncoderOutput(grid=h[:, 1:], pooled=h[:, 0])
+
+    def stem(self, pixels: torch.Tensor, n: int) -> torch.Tensor:
+        blocks = self.blocks()
+        return _run_layers(self.backbone.embeddings(pixels), blocks[: len(blocks) - n])  # (B, 1 + P, C)
+
+    def top(self, h: torch.Tensor, n: int) -> EncoderOutput:
+        blocks = self.blocks()
+        h = self.backbone.layernorm(_run_layers(h, blocks[len(blocks) - n :]))
         return EncoderOutput(grid=h[:, 1:], pooled=h[:, 0])
 
 
@@ -372,6 +454,64 @@ class HFCLIPEncoder(_HFEncoder):
     def features(self, pixels: torch.Tensor) -> EncoderOutput:
         out = self.backbone(pixel_values=pixels)
         return EncoderOutput(grid=out.last_hidden_state[:, 1:], pooled=out.pooler_output)  # (B, P, C), (B, C)
+
+    def stem(self, pixels: torch.Tensor, n: int) -> torch.Tensor:
+        vm, blocks = getattr(self.backbone, "vision_model", self.backbone), self.blocks()
+        h = vm.pre_layrnorm(vm.embeddings(pixels))
+        return _run_layers(h, blocks[: len(blocks) - n])  # (B, 1 + P, C)
+
+    def top(self, h: torch.Tensor, n: int) -> EncoderOutput:
+        vm, blocks = getattr(self.backbone, "vision_model", self.backbone), self.blocks()
+        h = _run_layers(h, blocks[len(blocks) - n :])
+        return EncoderOutput(grid=h[:, 1:], pooled=self.head()[0](h[:, 0]))
+
+
+class EncoderStem(nn.Module):
+    """The frozen part of a partly fine-tuned encoder, posing as a frozen encoder for the feature cache:
+    ``features(pixels).grid`` is ``encoder.stem(pixels, n)`` flattened to ``(B, P', C')`` (what gets cached)."""
+
+    frozen = True
+
+    def __init__(self, encoder: ImageEncoder, n: int):
+        super().__init__()
+        self.encoder, self.n = encoder, n
+        self.name, self.preprocess = f"{encoder.name} without its last {n} blocks", encoder.preprocess
+
+    def cache_key(self) -> dict:
+        return {**self.encoder.cache_key(), "trainable_blocks": 0, "stem_without_last_blocks": self.n}
+
+    @torch.no_grad()
+    def features(self, pixels: torch.Tensor) -> EncoderOutput:
+        h = self.encoder.stem(pixels, self.n)
+        grid = h.flatten(2).transpose(1, 2) if h.dim() == 4 else h  # (B, P', C')
+        return EncoderOutput(grid=grid, pooled=grid.mean(1))
+
+
+class EncoderTop(nn.Module):
+    """The last ``n`` blocks (+ head) of ``encoder`` on cached :class:`EncoderStem` rows ``(B, P', C')``."""
+
+    def __init__(self, encoder: ImageEncoder, n: int):
+        super().__init__()
+        self.encoder, self.n = encoder, n
+        h, w = encoder.preprocess.size
+        device = next(encoder.parameters()).device
+        with torch.no_grad():
+            probe = encoder.stem(torch.zeros(1, 3, h, w, device=device), n)
+        self.spatial = tuple(probe.shape[2:]) if probe.dim() == 4 else None  # (h', w') of a CNN stem
+
+    def forward(self, rows: torch.Tensor) -> EncoderOutput:
+        h = rows
+        if self.spatial is not None:  # (B, P', C') -> (B, C', h', w')
+            h = rows.transpose(1, 2).reshape(rows.shape[0], rows.shape[2], *self.spatial)
+        return self.encoder.top(h, self.n)
+
+
+def split_encoder(encoder: ImageEncoder) -> tuple[EncoderStem, EncoderTop]:
+    """``(stem, top)`` of an encoder built with ``trainable_blocks = n > 0``: cache the stem, train the top."""
+    n = encoder.trainable_blocks
+    if n <= 0:
+        raise UserError("split_encoder needs an encoder with trainable_blocks > 0")
+    return EncoderStem(encoder, n), EncoderTop(encoder, n)
 
 
 # Hugging Face ``model_type`` in config.json -> registered encoder kind.
