@@ -2,8 +2,14 @@
 
 * Loading: transformers' GGUF reader (dequantizes the Q4_1 file at every load: what ``load_lm`` did before) vs the
   float32 safetensors copy that ``load_lm`` now writes once under the cache root and reads afterwards.
-* Training: steps/s of the transformer-mapper ClipCap with the frozen LM (forward + backward + Adam step), batch B
-  of pooled 1280-d features and captions of T tokens (the LM computes the same either way; printed for reference).
+* Training (forward + backward + Adam step of the transformer-mapper ClipCap with the frozen LM; batches of B pooled
+  1280-d features and captions of 6..T tokens, lengths uniform, the same caption set for every setting):
+  - before: the shape of configs/caption/clipcap_coco.yaml (prefix 40, clip length 40) as training ran it: logits
+    over every position (prefix and padding included) and batches in random order (padded to their longest);
+  - same shape, after: the LM's output layer only on the scored positions (``ClipCap.forward`` with targets) and
+    length-grouped batches (``data.group_by_length``); the two losses on one batch are asserted equal;
+  - CPU config, after: prefix 10, clip length 10 (configs/caption/clipcap_fashion.yaml) with both changes.
+  Reported as steps/s and the ratio to before (per repetition: median and spread).
 * Decoding: beam search (beam 3, 16 tokens) over N images, recomputing the LM over prefix + tokens at every step
   (before) vs the LM's key/value cache (after). Captions asserted identical, their log-probabilities within 1e-4.
 
@@ -23,6 +29,8 @@ from common import interleave, loadavg, report, speedups, spread, summary  # ben
 
 from modalbridge.captioning import clipcap, decoding
 from modalbridge.captioning.clipcap import ClipCap, RecomputingClipCap
+from modalbridge.captioning.sat import IGNORE
+from modalbridge.training.engine import EpochSampler
 
 
 def main() -> None:
@@ -31,6 +39,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--train-batch", type=int, default=32)
+    ap.add_argument("--train-steps", type=int, default=4, help="steps per timed repetition")
+    ap.add_argument("--train-tokens", type=int, default=48, help="longest training caption (LM tokens)")
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -48,26 +59,67 @@ def main() -> None:
         "cached safetensors": lambda: clipcap.load_lm("smollm2"),
     }, args.reps)
 
-    # 2) training steps and 3) decoding, on one model
+    # 2) training steps: before vs after at one shape, and the CPU config
     torch.manual_seed(0)
+    build = dict(lm_spec="smollm2", feature_dim=1280, mapper="transformer", feature="pooled")
+    coco = ClipCap.from_lm(**build, prefix_length=40, clip_length=40)
+    cpu = ClipCap.from_lm(**build, prefix_length=10, clip_length=10)
+    full_logits = ClipCap.from_lm(**build, prefix_length=40, clip_length=40)
+    full_logits.load_state_dict(coco.state_dict(), strict=False)
+    full_logits._body_and_head = lambda: None  # the old training path: logits everywhere, ignore_index on padding
+    g = torch.Generator().manual_seed(0)
+    n_caps = args.train_batch * args.train_steps
+    lengths = torch.randint(6, args.train_tokens + 1, (n_caps,), generator=g).tolist()
+    caps = [torch.randint(10, coco.config.vocab_size, (n,), generator=g) for n in lengths]
+    feats = torch.randn(n_caps, 1280, generator=g)
+
+    def batches(grouped: bool) -> list:
+        order = list(EpochSampler(n_caps, seed=0, lengths=lengths if grouped else None, group=n_caps))
+        out = []
+        for k in range(0, n_caps, args.train_batch):
+            idx = order[k : k + args.train_batch]
+            T = max(lengths[i] for i in idx)
+            ids = torch.full((len(idx), T), coco.config.pad_id, dtype=torch.long)
+            targets = torch.full((len(idx), T), IGNORE, dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, : lengths[i]] = caps[i]
+                targets[r, : lengths[i] - 1] = caps[i][1:]
+            out.append((feats[idx], ids, targets))
+        return out
+
+    def trainer(model, data):
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def epoch():  # args.train_steps steps; the time per step is epoch / steps
+            model.train()
+            for f, ids, targets in data:
+                opt.zero_grad(set_to_none=True)
+                model(f, ids, targets).loss.backward()
+                opt.step()
+        return epoch
+
+    random_batches, grouped_batches = batches(False), batches(True)
+    f, ids, targets = random_batches[0]
+    with torch.no_grad():  # same weights, same batch: the two training paths give one loss
+        a, b = full_logits(f, ids, targets).loss, coco(f, ids, targets).loss
+    assert abs(float(a) - float(b)) < 1e-4 * max(1.0, abs(float(a))), (float(a), float(b))
+    pad = {k: sum(ids.numel() for _, ids, _ in d) / sum(lengths) - 1 for k, d in
+           (("random", random_batches), ("grouped", grouped_batches))}
+    train_t, _ = interleave({
+        "before (prefix 40, full logits, random batches)": trainer(full_logits, random_batches),
+        "after, same shape (prefix 40)": trainer(coco, grouped_batches),
+        "after, CPU config (prefix 10)": trainer(cpu, grouped_batches),
+    }, args.reps)
+    train_t = {k: [t / args.train_steps for t in v] for k, v in train_t.items()}
+    first = next(iter(train_t))
+    train_ratio = {k: speedups(train_t[first], v) for k, v in train_t.items() if k != first}
+    del coco, cpu, full_logits
+
+    # 3) decoding, on one model
     model = ClipCap.from_lm("smollm2", feature_dim=1280, prefix_length=10, mapper="transformer", feature="pooled")
     old = RecomputingClipCap(model.config, lm=model.lm, tokenizer=model.tokenizer)
-    g = torch.Generator().manual_seed(0)
-    feats = torch.randn(args.batch, 1280, generator=g)
-    ids = torch.randint(10, model.config.vocab_size, (args.batch, args.tokens), generator=g)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-    def train_step():
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        loss = model(feats, ids, ids.roll(-1, 1)).loss
-        loss.backward()
-        opt.step()
-        return float(loss)
-
-    train_t, _ = interleave({"train step": train_step}, args.reps)
     model.eval()
-    old.mapper.load_state_dict(model.mapper.state_dict())  # the mapper after the training steps above
+    old.mapper.load_state_dict(model.mapper.state_dict())
     old.eval()
     memory = torch.randn(args.images, 1280, generator=g)
     c = model.config
@@ -92,16 +144,19 @@ def main() -> None:
     for k, v in load_t.items():
         print(f"  load, {k:20s} {spread(v, fmt='.2f')} s")
     print(f"  load speed-up {spread(load_ratio, fmt='.1f')}x")
-    print(f"  train step (batch {args.batch}, {args.tokens} tokens, transformer mapper, frozen LM) "
-          f"{spread(train_t['train step'], fmt='.2f')} s -> {1 / summary(train_t['train step'])['median']:.2f} "
-          "steps/s")
+    print(f"  training, batch {args.train_batch}, captions of 6..{args.train_tokens} tokens, transformer mapper, "
+          f"frozen LM; padding {pad['random']:.0%} of caption tokens in random batches, {pad['grouped']:.0%} grouped")
+    for k, v in train_t.items():
+        ratio = f"   {spread(train_ratio[k], fmt='.1f')}x before" if k in train_ratio else ""
+        print(f"    {k:48s} {spread(v, fmt='.2f')} s/step = {1 / summary(v)['median']:.2f} steps/s{ratio}")
     for k, v in dec_t.items():
         print(f"  beam 3 over {args.images} images, {k:10s} {spread(v, fmt='.2f')} s")
     print(f"  decoding speed-up {spread(dec_ratio, fmt='.1f')}x; {same} of {len(a.tokens)} captions identical, "
           f"scores of the chosen captions within {worst:.1e}")
     report("clipcap", reps=args.reps, images=args.images, batch=args.batch,
            load_s={k: summary(v) for k, v in load_t.items()}, load_ratio=summary(load_ratio),
-           train_step_s=summary(train_t["train step"]), decode_s={k: summary(v) for k, v in dec_t.items()},
+           train_step_s={k: summary(v) for k, v in train_t.items()},
+           train_ratio={k: summary(v) for k, v in train_ratio.items()}, train_padding=pad, decode_s={k: summary(v) for k, v in dec_t.items()},
            decode_ratio=summary(dec_ratio), identical_captions=same, score_diff=worst, load_before=before,
            load_after=after)
 

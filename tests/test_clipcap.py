@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny import LM_WORDS as WORDS
 from tiny import build_tiny_lm
 
@@ -46,8 +47,15 @@ def test_prefix_shapes_forward_backward(lms, arch, mapper, feature):
     feats, ids, targets = _data(model)
     memory = feats if feature == "grid" else feats.mean(1)
     assert model.prefix(memory).shape == (4, 3, 32)  # (B, L, D)
-    out = model(memory, ids, targets)
-    assert out.logits.shape == (*ids.shape, 99) and torch.isfinite(out.loss)
+    full = model(memory, ids)  # no targets: logits at every caption position
+    assert full.logits.shape == (*ids.shape, 99) and full.loss is None
+    assert model._body_and_head() is not None  # GPT-2 and Llama take the fast training path
+    out = model(memory, ids, targets)  # training: the LM head only where a target is scored
+    keep = targets != IGNORE
+    assert out.logits.shape == (int(keep.sum()), 99) and torch.isfinite(out.loss)
+    torch.testing.assert_close(out.logits, full.logits[keep], atol=1e-5, rtol=1e-5)
+    reference = F.cross_entropy(full.logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+    torch.testing.assert_close(out.loss, reference, atol=1e-5, rtol=1e-5)
     out.loss.backward()
     assert all(p.grad is None for p in model.lm.parameters())  # frozen LM
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.mapper.parameters())

@@ -202,3 +202,26 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert not list(run.glob("checkpoints/*.tmp"))
+
+
+def test_length_grouped_sampler_keeps_the_epoch_and_cuts_padding():
+    from modalbridge.training.engine import EpochSampler
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 40, (1000,), generator=g).tolist()
+    plain = EpochSampler(1000, seed=1)
+    grouped = EpochSampler(1000, seed=1, lengths=lengths, group=50 * 8)
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        grouped.set_epoch(epoch)
+        a, b = list(plain), list(grouped)
+        assert sorted(b) == list(range(1000)) and b == list(grouped)  # every item once, reproducible
+        assert b != a
+
+        def padding(order):  # padded slots in batches of 8
+            return sum(8 * max(lengths[i] for i in order[k:k + 8]) - sum(lengths[i] for i in order[k:k + 8])
+                       for k in range(0, 1000, 8))
+
+        assert padding(b) < 0.2 * padding(a)
+    ranks = [list(EpochSampler(1000, seed=1, rank=r, world=2, lengths=lengths, group=800)) for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == list(range(1000))

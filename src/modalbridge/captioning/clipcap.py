@@ -254,13 +254,39 @@ class ClipCap(CaptionDecoder):
     def forward(
         self, memory: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor | None = None
     ) -> CaptionOutput:
-        """One LM pass over [prefix; E(input_ids)]; right padding needs no mask because the LM is causal."""
+        """One LM pass over [prefix; E(input_ids)]; right padding needs no mask because the LM is causal.
+
+        Without targets: logits ``(B, T, V)``. With targets (training), the LM's output layer runs only on the N
+        scored positions - not on the prefix, not on padding - and ``logits`` is ``(N, V)`` of those positions
+        (row order of ``targets[targets != IGNORE]``); the loss is the same as over full logits (tested).
+        """
         L = self.config.prefix_length
-        logits = self._mask(self._lm_logits(self.prefix(memory), input_ids)[:, L:])  # (B, T, V)
+        prefix = self.prefix(memory)
+        split = self._body_and_head() if targets is not None else None
+        if split is not None:
+            body, head = split
+            emb = self.lm.get_input_embeddings()(input_ids)  # (B, T, D)
+            h = body(inputs_embeds=torch.cat([prefix, emb.to(prefix.dtype)], 1), use_cache=False).last_hidden_state
+            keep = targets != IGNORE  # (B, T)
+            logits = self._mask(head(h[:, L:][keep]))  # (N, V)
+            loss = F.cross_entropy(logits.float(), targets[keep])
+            return CaptionOutput(loss=loss, logits=logits, attention=None)
+        logits = self._mask(self._lm_logits(prefix, input_ids)[:, L:])  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
         return CaptionOutput(loss=loss, logits=logits, attention=None)
+
+    def _body_and_head(self):
+        """(transformer body, output layer) of the LM when its logits are just ``head(body(x).last_hidden_state)``
+        (GPT-2, Llama/SmolLM2, most causal LMs); None for LMs that post-process logits (soft-capping, scaling)."""
+        lm, head = self.lm, self.lm.get_output_embeddings()
+        body = getattr(lm, "base_model", None)
+        cfg = getattr(lm, "config", None)
+        if head is None or body is None or body is lm or any(
+                getattr(cfg, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale")):
+            return None
+        return body, head
 
     def init_state(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._cache_keyword() is None:  # an LM without a key/value cache: recompute at every step

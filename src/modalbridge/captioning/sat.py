@@ -38,7 +38,7 @@ DECODERS = Registry("caption decoder")
 @dataclass
 class CaptionOutput:
     loss: torch.Tensor | None  # scalar, only when targets are given
-    logits: torch.Tensor  # (B, T, V)
+    logits: torch.Tensor  # (B, T, V); ClipCap given targets: (N, V) of the N scored positions only
     attention: torch.Tensor | None  # (B, T, P) for attention models, else None
 
 

@@ -61,6 +61,7 @@ class CaptionDataConfig:
     extract_device: str = "cpu"
     num_workers: int = 0
     batch_size: int = 32
+    group_by_length: bool = False  # batches of similar caption lengths (less padding: ClipCap trains faster)
     max_len: int = 20  # words (SAT) or LM tokens (ClipCap) per training caption; longer ones are truncated
     min_freq: int = 5  # vocabulary threshold (words seen fewer times become <unk>)
     max_vocab: int | None = None
@@ -195,8 +196,10 @@ class CaptionData(pl.LightningDataModule):
 
     def train_dataloader(self):
         t = self.task
+        lengths = [len(ids) for _, ids in t.train_data.pairs] if t.cfg.data.group_by_length else None
         return make_loader(PairSet(t.train_data.features, t.train_data.pairs), t.cfg.data.batch_size, True, t.cfg.seed,
-                           self.trainer, collate_fn=make_collate(t.pad_id), num_workers=t.cfg.data.num_workers)
+                           self.trainer, lengths=lengths, collate_fn=make_collate(t.pad_id),
+                           num_workers=t.cfg.data.num_workers)
 
     def val_dataloader(self):
         t = self.task
