@@ -16,6 +16,7 @@ from modalbridge.cli import app
 from modalbridge.errors import UserError
 from modalbridge.generators import truncated_noise
 from modalbridge.t2i import pipeline as P
+from modalbridge.t2i.resolver import class_embedding
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,10 @@ def test_per_token_words_align_to_word_pieces(model_dir):
     enc = pipe.encoder.encode("the xyz dresses")
     mask = torch.zeros(1, enc.mask.shape[1], dtype=torch.bool)
     mask[0, 2:5] = True  # x ##y ##z
-    expected = pipe.classifier.model(enc.hidden, mask).embedding
+    out = pipe.classifier.model(enc.hidden, mask)
+    # An in-span mapper's mixture is drawn like a resolver's: sharpen(p) @ the generator's table.
+    expected = class_embedding(
+        pipe.classifier.sharpen(pipe.classifier.model.class_scores(out)), pipe.table)
     z = truncated_noise(1, 128, P.DEFAULT_TRUNCATION, 2)
     img = P.to_pil(pipe.generator(z, expected, P.DEFAULT_TRUNCATION))[0]
     assert render.png_bytes(img) == render.png_bytes(frames[1][1])

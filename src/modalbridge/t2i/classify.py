@@ -25,7 +25,7 @@ from modalbridge import assets
 from modalbridge import checkpoint as ckpt
 from modalbridge.errors import UserError
 from modalbridge.t2i.mapper import T2IMapper  # noqa: F401 - registers the t2i_mapper model type
-from modalbridge.t2i.resolver import ClassResolver, keep_classes
+from modalbridge.t2i.resolver import ClassResolver, ResolverConfig, keep_classes
 from modalbridge.t2i.vocabulary import Vocabulary
 
 DEFAULT_MODEL = "t2i-fashion"  # the default of draw and classify: offline, with its shipped generator
@@ -93,7 +93,10 @@ class TextClassifier:
     def __init__(self, model: torch.nn.Module, encoder, vocab: Vocabulary, source: str = ""):
         self.model, self.encoder, self.vocab, self.source = model, encoder, vocab, source
         self.is_resolver = isinstance(model, ClassResolver)
-        self.related = related_classes(vocab) if self.is_resolver else None
+        # An in-span mapper's output is a convex combination of the table's rows, like a resolver's p @ table: both
+        # are drawn through one rule, sharpen(p) @ table (never a chimera between rows the generator never saw).
+        self.mixes_classes = self.is_resolver or getattr(model.config, "kind", "") == "inspan"
+        self.related = related_classes(vocab) if self.mixes_classes else None
 
     @torch.no_grad()
     def score(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None, list[bool]]:
@@ -109,12 +112,14 @@ class TextClassifier:
             mention = self.vocab.mentions([t[:MAX_TEXT_CHARS] for t in texts])
             return self.model(hidden, mask, mention=mention).probs, None
         out = self.model(hidden, mask)
-        return self.model.class_scores(out), out.embedding
+        return self.model.class_scores(out), None if self.mixes_classes else out.embedding
 
     def sharpen(self, probs: torch.Tensor) -> torch.Tensor:
-        """(B, K) -> (B, K): the classes an image is drawn from (see ``resolver.keep_classes``)."""
+        """(B, K) -> (B, K): the classes an image is drawn from (see ``resolver.keep_classes``; an in-span mapper
+        takes the resolver's default ``keep_ratio`` and ``max_keep``)."""
         c = self.model.config
-        return keep_classes(probs, self.related, c.keep_ratio, c.max_keep)
+        return keep_classes(probs, self.related, getattr(c, "keep_ratio", ResolverConfig.keep_ratio),
+                            getattr(c, "max_keep", ResolverConfig.max_keep))
 
     def top_classes(self, probs: torch.Tensor, k: int = 5) -> list[dict]:
         """(K,) probabilities -> top-k ``{"label", "wnid", "score"}``."""
