@@ -225,3 +225,15 @@ def test_length_grouped_sampler_keeps_the_epoch_and_cuts_padding():
         assert padding(b) < 0.2 * padding(a)
     ranks = [list(EpochSampler(1000, seed=1, rank=r, world=2, lengths=lengths, group=800)) for r in (0, 1)]
     assert sorted(ranks[0] + ranks[1]) == list(range(1000))
+
+
+def test_pad_is_the_one_collate_for_states_and_ids():
+    from modalbridge.training.batching import pad
+
+    states, mask = pad([torch.ones(2, 3), torch.full((4, 3), 2.0)])
+    assert states.shape == (2, 4, 3) and mask.tolist() == [[True, True, False, False], [True] * 4]
+    assert states[0, 2:].abs().sum() == 0 and torch.equal(states[1], torch.full((4, 3), 2.0))
+    ids, _ = pad([torch.tensor([5, 6], dtype=torch.long), torch.tensor([], dtype=torch.long)], -100)
+    assert ids.dtype == torch.long and ids.tolist() == [[5, 6], [-100, -100]]
+    with pytest.raises(ValueError):
+        pad([])

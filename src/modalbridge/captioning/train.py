@@ -36,6 +36,7 @@ from modalbridge.captioning.sat import DECODERS, IGNORE
 from modalbridge.config import from_dict
 from modalbridge.errors import UserError
 from modalbridge.registry import TASKS
+from modalbridge.training.batching import pad
 from modalbridge.training.engine import make_loader
 from modalbridge.training.task import BridgeModule, Task
 
@@ -110,13 +111,8 @@ def make_collate(pad_id: int):
 
     def collate(items):
         feats = torch.stack([f for f, _ in items]).float()
-        T = max(len(ids) for _, ids in items) - 1
-        input_ids = torch.full((len(items), T), pad_id, dtype=torch.long)
-        targets = torch.full((len(items), T), IGNORE, dtype=torch.long)
-        for i, (_, ids) in enumerate(items):
-            n = len(ids) - 1
-            input_ids[i, :n] = torch.tensor(ids[:-1])
-            targets[i, :n] = torch.tensor(ids[1:])
+        input_ids, _ = pad([torch.tensor(ids[:-1], dtype=torch.long) for _, ids in items], pad_id)  # (B, T)
+        targets, _ = pad([torch.tensor(ids[1:], dtype=torch.long) for _, ids in items], IGNORE)  # (B, T)
         return feats, input_ids, targets
 
     return collate

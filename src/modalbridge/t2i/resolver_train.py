@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from modalbridge.errors import UserError
 from modalbridge.t2i.resolver import ClassResolver, ResolverConfig
 from modalbridge.t2i.vocabulary import Vocabulary
+from modalbridge.training.batching import pad
 
 
 # ---------------------------------------------------------------------------------------------- prototypes
@@ -80,14 +81,7 @@ def build_resolver(vocab: Vocabulary, encoder, encoder_name: str, **config) -> C
 # ---------------------------------------------------------------------------------------------- training
 def batch_states(feats, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``idx`` of a feature cache -> padded (B, T, H) float states and (B, T) mask."""
-    rows = [feats[i].float() for i in idx]
-    t = max(len(r) for r in rows)
-    states = torch.zeros(len(rows), t, rows[0].shape[-1])
-    mask = torch.zeros(len(rows), t, dtype=torch.bool)
-    for j, r in enumerate(rows):
-        states[j, : len(r)] = r
-        mask[j, : len(r)] = True
-    return states, mask
+    return pad([feats[i].float() for i in idx])
 
 
 def soft_targets(rows: list[dict], k: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from modalbridge.errors import UserError
 from modalbridge.registry import TASKS
 from modalbridge.t2i.features import Features, load_features
 from modalbridge.t2i.mapper import MapperConfig, T2IMapper, dense_weights, retrieval_metrics
+from modalbridge.training.batching import pad
 from modalbridge.training.engine import make_loader
 from modalbridge.training.task import BridgeModule, Task
 
@@ -91,12 +92,7 @@ class SentenceSet(torch.utils.data.Dataset):
 
 def make_collate(num_classes: int):
     def collate(items):
-        t = max(len(s) for s, _, _ in items)
-        states = torch.zeros(len(items), t, items[0][0].shape[1])  # (B, T, H)
-        for j, (s, _, _) in enumerate(items):
-            states[j, : len(s)] = s.float()
-        lengths = torch.tensor([len(s) for s, _, _ in items])
-        mask = torch.arange(t)[None] < lengths[:, None]  # (B, T)
+        states, mask = pad([s.float() for s, _, _ in items])  # (B, T, H), (B, T)
         weights = dense_weights([c for _, c, _ in items], [w for _, _, w in items], num_classes)  # (B, K)
         return states, mask, weights
 
