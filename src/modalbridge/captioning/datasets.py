@@ -34,6 +34,7 @@ the first names, or raise a UserError with ``strict=True``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -470,8 +471,10 @@ def load_openclipart(
     ("gramastar" on 1,375 stars, "Part of the Flat Icon Collection ...", "card" on every playing card): a title
     shared by more than ``max_title_repeats`` drawings is not used; the description replaces it when usable, else
     the drawing is skipped (about 3,500 of the 7,458 drawings keep a caption). "Clipart by <author> - " prefixes
-    are removed and underscores become spaces. Skips are counted in one :class:`DataWarning`.
-    ``meta``: ``keywords``, ``svg``, ``categories``.
+    are removed and underscores become spaces. Byte-identical image files (the same picture uploaded under two names:
+    242 groups, 52 of them across splits by path) become one record with the captions of all, split by the first
+    path, so no test image is a training image. Skips and merges are counted in one :class:`DataWarning`.
+    ``meta``: ``keywords``, ``svg``, ``categories``, ``same_image`` (the SVGs merged into this record).
 
     Args:
         root: ``/usr/share/openclipart`` or a copy of it.
@@ -503,7 +506,8 @@ def load_openclipart(
     def good(text: str) -> bool:
         return _usable(text) and (max_title_repeats is None or counts[text.lower()] <= max_title_repeats)
 
-    out, skipped = [], 0
+    by_content: dict[str, CaptionRecord] = {}  # file bytes hash -> the one record of that image
+    skipped = merged = 0
     for d in drawings.values():
         svg, rel = d["svg"], d["rel"]
         caps = [c for c in (d["title"], d["description"]) if good(c)]
@@ -514,12 +518,27 @@ def load_openclipart(
             continue
         png = root / "png" / Path(rel).with_suffix(".png")
         path = png if prefer == "png" and png.is_file() else svg
-        meta = {"keywords": d["keywords"], "svg": str(svg), "categories": d["categories"]}
-        out.append(CaptionRecord(rel[: -len(".svg")], path, caps, openclipart_split(rel), meta))
-    if skipped:
+        try:
+            key = hashlib.sha1(path.read_bytes()).hexdigest()
+        except OSError:
+            key = f"unreadable:{rel}"  # kept; the image check reports it
+        first = by_content.get(key)
+        if first is None:  # drawings are visited in sorted path order: the first path names and splits the image
+            meta = {"keywords": d["keywords"], "svg": str(svg), "categories": d["categories"], "same_image": []}
+            by_content[key] = CaptionRecord(rel[: -len(".svg")], path, caps, openclipart_split(rel), meta)
+            continue
+        # The same picture uploaded twice (byte-identical file): one record, so it can never sit in train and test.
+        merged += 1
+        seen = {c.rstrip(".").lower() for c in first.captions}
+        first.captions.extend(c for c in caps if c.rstrip(".").lower() not in seen)
+        first.meta["same_image"].append(str(svg))
+        first.meta["categories"] += [c for c in d["categories"] if c not in first.meta["categories"]]
+    out = list(by_content.values())
+    if skipped or merged:
         warnings.warn(
             f"{base}: {skipped} of {len(drawings)} drawings skipped: no title or description that describes them "
-            f"(missing, or shared by more than {max_title_repeats} drawings)",
+            f"(missing, or shared by more than {max_title_repeats} drawings); {merged} byte-identical duplicates "
+            "merged into the record of their first path (captions joined, one split)",
             DataWarning,
             stacklevel=2,
         )
