@@ -334,3 +334,22 @@ def test_encoder_finetuning_trains_the_last_blocks_after_the_warm_up(trained, tm
     assert all(torch.equal(cap.encoder.top_state()[k], got[k]) for k in got)
     out = cap.caption([r for r in sorted((data / "train").glob("*.png"))[:2]], beam=2)
     assert all(isinstance(o["caption"], str) and o["caption"] for o in out)
+
+
+def test_bpe_vocabulary_trains_exports_and_captions(trained, tmp_path):
+    from modalbridge.captioning.pipeline import load_captioner
+    from modalbridge.captioning.vocab import SubwordVocab
+    from modalbridge.training import engine
+
+    _, data, _, enc = trained
+    cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", [
+        f"run_root={tmp_path / 'runs'}", f"data.data=folder:{data}", f"data.encoder={enc}",
+        f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=2", "data.batch_size=6", "optim.lr=0.01",
+        "data.vocab=bpe", "data.max_vocab=40", "data.min_freq=2",
+    ])
+    model_dir = engine.train(cfg) / "model"
+    assert json.loads((model_dir / "vocab.json").read_text())["format"] == SubwordVocab.FORMAT
+    cap = load_captioner(model_dir)
+    assert isinstance(cap.vocab, SubwordVocab) and len(cap.vocab) == cap.model.config.vocab_size <= 44
+    out = cap.caption(sorted((data / "train").glob("*.png"))[:2], beam=2)
+    assert all(o["caption"] and "<unk>" not in o["caption"] and "\u2581" not in o["caption"] for o in out)

