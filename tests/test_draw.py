@@ -197,3 +197,13 @@ def test_shipped_default_draws_what_the_text_names():
         _, pred = clf.embed((x / 127.5 - 1).unsqueeze(1))  # (4, 1, 32, 32) in [-1, 1]
         recognised += (pred == label).tolist()
     assert np.mean(recognised) >= 0.8, recognised
+
+
+def test_default_truncation_is_the_generators_own(model_dir):
+    """gan-fashion records the evaluation panel's choice (0.85); a generator without one draws at BigGAN's 0.5."""
+    shipped = P.load_pipeline(None)
+    assert shipped.default_truncation == 0.85
+    assert shipped.draw("a red dress", n=1, seed=0).truncation == 0.85
+    assert shipped.draw("a red dress", n=1, seed=0, truncation=0.4).truncation == 0.4
+    tiny = P.load_pipeline(str(model_dir))
+    assert tiny.default_truncation == P.DEFAULT_TRUNCATION == 0.5

@@ -216,6 +216,10 @@ class Services:
         self.draw_gate = Gate("draw", lim.workers, lim.queue, lim.queue_timeout)
         self.caption_gate = Gate("caption", lim.workers, lim.queue, lim.queue_timeout)
 
+    def default_truncation(self) -> float:
+        """The truncation the server's own pipeline draws with when a request leaves it out (the UI's start)."""
+        return float(getattr(self.drawer, "default_truncation", None) or 0.5)
+
     async def draw(self, args: dict, slideshow: bool = False) -> tuple[Any, list | None]:
         """``Pipeline.draw(**args)`` and, with ``slideshow``, ``Pipeline.per_token`` (same seed and truncation).
 

@@ -148,8 +148,8 @@ def build_ui(services: Services) -> gr.Blocks:
                                   elem_id="draw-n")
                     seed = gr.Textbox(label="Seed", placeholder="empty: derived from the text", max_length=12,
                                       elem_id="draw-seed")
-                    truncation = gr.Slider(0.02, 1.0, value=0.5, step=0.02, label="Truncation (lower: more typical)",
-                                           elem_id="draw-truncation")
+                    truncation = gr.Slider(0.02, 1.0, value=services.default_truncation(), step=0.02,
+                                           label="Truncation (lower: more typical)", elem_id="draw-truncation")
                     slideshow = gr.Checkbox(label="Per-token slideshow (GIF)", elem_id="draw-slideshow")
                     pickers = []
                     if choices is not None:  # names only (the server's allow-list); a bad pair -> an error toast

@@ -96,6 +96,7 @@ def load_dir(path: Path) -> torch.nn.Module:
         model = checkpoint.load(path)
         if not hasattr(model, "class_embeddings"):
             raise UserError(f"{path} holds a '{meta['model_type']}' model, not an image generator")
+        model.default_truncation = meta.get("extra", {}).get("default_truncation")  # None: the pipeline's default
         return model
     return load_published(path, meta)
 

@@ -89,6 +89,8 @@ class Pipeline:
         self.classifier, self.generator, self.source = classifier, generator, source
         self.vocab, self.encoder = classifier.vocab, classifier.encoder
         self.table = generator.class_embeddings.detach().float()  # (K, E)
+        # The generator's own default (gan-fashion records the evaluation panel's choice, 0.85), else BigGAN's 0.5.
+        self.default_truncation = float(getattr(generator, "default_truncation", None) or DEFAULT_TRUNCATION)
         self.z_dim = int(generator.config.z_dim)
 
     # ------------------------------------------------------------------ embedding
@@ -116,7 +118,7 @@ class Pipeline:
         z = truncated_noise(len(embeddings), self.z_dim, truncation, seed)  # (N, Z)
         return to_pil(self.generator(z, embeddings.to(z.dtype), truncation))
 
-    def draw(self, text: str, n: int = 4, seed: int | None = None, truncation: float = DEFAULT_TRUNCATION,
+    def draw(self, text: str, n: int = 4, seed: int | None = None, truncation: float | None = None,
              split_objects: bool = True) -> Drawing:
         """Draw ``n`` images per object named in ``text``.
 
@@ -124,12 +126,12 @@ class Pipeline:
             text: what to draw; cleaned with :func:`clean_text`.
             n: images per object, 1..64.
             seed: noise seed; None derives it from the text.
-            truncation: in (0, 1]; lower = more typical, less varied images.
+            truncation: in (0, 1]; lower = more typical, less varied images; None = :attr:`default_truncation`.
             split_objects: map each named object separately (see classify.py).
         """
         text = clean_text(text)
         n = check_n(n)
-        truncation = check_truncation(truncation)
+        truncation = check_truncation(self.default_truncation if truncation is None else truncation)
         seed = text_seed(text) if seed is None else check_seed(seed)
         pieces = self.objects(text) if split_objects else [text]
         texts = [text] + pieces if len(pieces) > 1 else [text]
@@ -142,11 +144,11 @@ class Pipeline:
                        truncation=truncation, truncated=any(truncated))
 
     @torch.no_grad()
-    def per_token(self, text: str, seed: int | None = None, truncation: float = DEFAULT_TRUNCATION
+    def per_token(self, text: str, seed: int | None = None, truncation: float | None = None
                   ) -> list[tuple[str, object, dict]]:
         """One image per word: ``[(word, image, top class), ...]``, all with the same noise."""
         text = clean_text(text)
-        truncation = check_truncation(truncation)
+        truncation = check_truncation(self.default_truncation if truncation is None else truncation)
         seed = text_seed(text) if seed is None else check_seed(seed)
         enc = self.classifier.encoder.encode(text)
         words = enc.words(0, text)
@@ -164,12 +166,12 @@ class Pipeline:
 
     @torch.no_grad()
     def interpolate(self, text: str, to: str, steps: int = 8, seed: int | None = None,
-                    truncation: float = DEFAULT_TRUNCATION) -> list:
+                    truncation: float | None = None) -> list:
         """``steps`` images along the line from ``text``'s embedding to ``to``'s, with the same noise."""
         text, to = clean_text(text), clean_text(to)
         if not 2 <= int(steps) <= MAX_N:
             raise UserError(f"--steps must be in 2..{MAX_N}, got {steps}")
-        truncation = check_truncation(truncation)
+        truncation = check_truncation(self.default_truncation if truncation is None else truncation)
         seed = text_seed(text) if seed is None else check_seed(seed)
         emb, _, _ = self.embed([text, to])  # (2, E)
         t = torch.linspace(0, 1, int(steps))[:, None]  # (S, 1)
