@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENES = [1, 6, 10, 2]  # fashion-scenes test indices: one, two, three and four items
 # The default text -> image model draws the ten Fashion-MNIST classes.
 PROMPTS = ["a long summer dress", "white running sneakers", "a leather handbag", "a warm winter coat",
-           "a pair of jeans", "ankle boots with a heel"]
+           "a pair of jeans", "ankle boots with a heel", "a striped shirt with buttons", "a knitted pullover",
+           "sandals with thin straps", "a plain white t-shirt"]  # one per class: coat, shirt and pullover apart
 
 
 def caption_demo(out: Path) -> list[Path]:
