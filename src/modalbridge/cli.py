@@ -134,11 +134,11 @@ def prepare_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same files.")] = 0,
 ):
     """Build the text -> class training sentences: templates, synonyms, hypernyms, glosses, mined captions."""
-    from modalbridge.t2i import sentences, vocabulary
+    from modalbridge.t2i import sentence_files, sentences, vocabulary
 
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
-    sentences.check_out_dir(out)
+    sentence_files.check_out_dir(out)
     for f in captions or []:
         if not f.is_file():  # fail before WordNet loads; the format is checked before any sentence is made
             raise UserError(f"captions file not found: {f}")

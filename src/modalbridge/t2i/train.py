@@ -68,7 +68,7 @@ def class_table(generator: str) -> torch.Tensor:
 
 def read_vocab(sentences_dir: Path, num_classes: int) -> dict:
     """The prepared vocabulary (what ``draw`` uses to find class words) as a dict for the model's ``vocab.json``."""
-    from modalbridge.t2i.sentences import load_vocabulary
+    from modalbridge.t2i.sentence_files import load_vocabulary
 
     vocab = load_vocabulary(sentences_dir)
     if len(vocab) != num_classes:
@@ -163,7 +163,7 @@ class T2ITask(Task):
     def load(self):
         """Sentences, cached features and the class table, loaded once."""
         if self._loaded is None:
-            from modalbridge.t2i.sentences import load_sentences
+            from modalbridge.t2i.sentence_files import load_sentences
 
             d = self.cfg.data
             rows = load_sentences(self.sentences_dir)
@@ -214,7 +214,7 @@ class T2ITask(Task):
         rows, feats, table = self.load()
         final = {f"{s}/{k}": v for s, ds in self.datasets().items() for k, v in evaluate(module.model, ds).items()}
         metrics = {**metrics, **{f"final/{k}": v for k, v in final.items()}}
-        from modalbridge.t2i.sentences import sentences_hash
+        from modalbridge.t2i.sentence_files import sentences_hash
 
         extra = {
             "run_config": run_config,
