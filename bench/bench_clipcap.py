@@ -70,6 +70,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     n_caps = args.train_batch * args.train_steps
     lengths = torch.randint(6, args.train_tokens + 1, (n_caps,), generator=g).tolist()
+    pad_id = coco.config.pad_id
     caps = [torch.randint(10, coco.config.vocab_size, (n,), generator=g) for n in lengths]
     feats = torch.randn(n_caps, 1280, generator=g)
 
@@ -79,7 +80,7 @@ def main() -> None:
         for k in range(0, n_caps, args.train_batch):
             idx = order[k : k + args.train_batch]
             T = max(lengths[i] for i in idx)
-            ids = torch.full((len(idx), T), coco.config.pad_id, dtype=torch.long)
+            ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
             targets = torch.full((len(idx), T), IGNORE, dtype=torch.long)
             for r, i in enumerate(idx):
                 ids[r, : lengths[i]] = caps[i]
@@ -156,7 +157,8 @@ def main() -> None:
     report("clipcap", reps=args.reps, images=args.images, batch=args.batch,
            load_s={k: summary(v) for k, v in load_t.items()}, load_ratio=summary(load_ratio),
            train_step_s={k: summary(v) for k, v in train_t.items()},
-           train_ratio={k: summary(v) for k, v in train_ratio.items()}, train_padding=pad, decode_s={k: summary(v) for k, v in dec_t.items()},
+           train_ratio={k: summary(v) for k, v in train_ratio.items()}, train_padding=pad,
+           decode_s={k: summary(v) for k, v in dec_t.items()},
            decode_ratio=summary(dec_ratio), identical_captions=same, score_diff=worst, load_before=before,
            load_after=after)
 

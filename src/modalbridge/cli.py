@@ -187,7 +187,9 @@ def draw_cmd(
     text: Annotated[str | None, typer.Argument(help="What to draw (or use --prompts FILE).")] = None,
     n: Annotated[int, typer.Option("--n", help="Images per object.")] = 4,
     seed: Annotated[int | None, typer.Option("--seed", help="Noise seed (default: derived from the text).")] = None,
-    truncation: Annotated[float, typer.Option("--truncation", help="In (0, 1]; lower = more typical.")] = 0.5,
+    truncation: Annotated[float | None, typer.Option(
+        "--truncation", help="In (0, 1]; lower = more typical (default: the generator's own, 0.85 for gan-fashion "
+        "as chosen by its evaluation panel; 0.5 for BigGAN-deep).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Output directory for PNG/GIF files.")] = Path("drawings"),
     gif: Annotated[bool, typer.Option("--gif", help="Also write an animated GIF of the images.")] = False,
     model: Annotated[
@@ -217,7 +219,8 @@ def draw_cmd(
     with _warnings_to_stderr():
         texts = _texts(text, prompts)  # bad text fails before any model loads
         P.check_n(n)
-        P.check_truncation(truncation)
+        if truncation is not None:
+            P.check_truncation(truncation)
         if seed is not None:
             P.check_seed(seed)
         pipe = P.load_pipeline(model, generator)

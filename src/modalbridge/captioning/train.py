@@ -40,7 +40,6 @@ from modalbridge.training.batching import pad
 from modalbridge.training.engine import make_loader
 from modalbridge.training.task import BridgeModule, Task
 
-
 ENCODER_WEIGHTS = "encoder.safetensors"  # a fine-tuned captioner's encoder blocks, next to model.safetensors
 
 

@@ -461,7 +461,7 @@ class HFCLIPEncoder(_HFEncoder):
         return _run_layers(h, blocks[: len(blocks) - n])  # (B, 1 + P, C)
 
     def top(self, h: torch.Tensor, n: int) -> EncoderOutput:
-        vm, blocks = getattr(self.backbone, "vision_model", self.backbone), self.blocks()
+        blocks = self.blocks()
         h = _run_layers(h, blocks[len(blocks) - n :])
         return EncoderOutput(grid=h[:, 1:], pooled=self.head()[0](h[:, 0]))
 
