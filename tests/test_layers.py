@@ -13,7 +13,8 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 MODEL_FILES = ["modalbridge.t2i.mapper", "modalbridge.t2i.resolver", "modalbridge.generators.biggan",
                "modalbridge.captioning.sat", "modalbridge.captioning.clipcap", "modalbridge.captioning.decoding",
                "modalbridge.text.encoders", "modalbridge.text.bert", "modalbridge.files", "modalbridge.errors",
-               "modalbridge.config", "modalbridge.registry", "modalbridge.assets", "modalbridge.render"]
+               "modalbridge.shards", "modalbridge.config", "modalbridge.registry", "modalbridge.assets",
+               "modalbridge.render"]
 UPPER = ("modalbridge.training", "modalbridge.app", "modalbridge.cli", "modalbridge.t2i.pipeline",
          "modalbridge.t2i.classify", "modalbridge.captioning.pipeline", "modalbridge.t2i.train",
          "modalbridge.captioning.train")

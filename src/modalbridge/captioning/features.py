@@ -1,15 +1,16 @@
 """Image-feature cache: encode every image once per (encoder, preprocessing, image list), reuse it in every run.
 
 A frozen encoder gives the same features every epoch, so training decoders on cached features instead of pixels
-removes the encoder from the loop (bench/bench_feature_cache.py measures the difference). Layout:
+removes the encoder from the loop (bench/bench_feature_cache.py measures the difference). The cache is a
+:mod:`modalbridge.shards` store of fixed-size rows:
 
-    <cache_dir>/<key>/meta.json                  encoder description, preprocessing, paths, shapes, dtype
+    <cache_dir>/<key>/plan.json, meta.json       see modalbridge.shards; meta.json also holds encoder, paths, dtype
     <cache_dir>/<key>/shard-00000.safetensors    {"grid": (n, P, C), "pooled": (n, C)} for images [0, n)
     ...
 
-Loading does not read the shards into memory: each is memory-mapped (safetensors stores raw little-endian arrays
-after a JSON header) and rows are paged in when a batch touches them, so a COCO-sized cache (113k x 49 x 2048 half
-floats = 23 GB for ResNet-101) trains on a machine with much less RAM.
+Loading does not read the shards into memory: each is memory-mapped and rows are paged in when a batch touches
+them, so a COCO-sized cache (113k x 49 x 2048 half floats = 23 GB for ResNet-101) trains on a machine with much
+less RAM.
 
 ``key`` is a SHA-256 over the encoder's :meth:`~modalbridge.vision.encoders.ImageEncoder.cache_key` (name, weights
 source, preprocessing) and the ordered image list (absolute path and byte size of each file). Shards are written
@@ -19,96 +20,19 @@ written last and marks the cache complete.
 
 from __future__ import annotations
 
-import bisect
-import hashlib
-import json
-import os
-import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import save_file
 
+from modalbridge import shards
 from modalbridge.errors import UserError
-from modalbridge.files import write_json
+from modalbridge.shards import Rows, mmap_safetensors
 
-CACHE_FORMAT = "modalbridge.features/1"
+__all__ = ["DATASET_MAX_SIDE", "FeatureCache", "Rows", "cache_key", "cached", "extract", "load", "mmap_safetensors"]
 
-
-# safetensors dtype -> (numpy dtype of the raw bytes, torch dtype to view them as)
-_DTYPES = {"F16": (np.float16, None), "F32": (np.float32, None), "BF16": (np.int16, torch.bfloat16)}
-
-
-def mmap_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Zero-copy tensors of a safetensors file (8-byte header size, JSON header, raw data), paged in lazily.
-
-    Copy-on-write mapping: the tensors are writable in memory but the file never changes.
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _DTYPES:
-            raise UserError(f"{path}: unsupported tensor dtype {info['dtype']} in a feature cache")
-        np_dtype, view = _DTYPES[info["dtype"]]
-        start, _ = info["data_offsets"]
-        arr = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + n + start, shape=tuple(info["shape"]))
-        t = torch.from_numpy(arr)
-        out[name] = t.view(view) if view is not None else t
-    return out
-
-
-class Rows:
-    """Row access over a list of shard tensors as if they were one ``(N, ...)`` tensor, without concatenating.
-
-    ``rows[i]`` is one row; ``rows[a:b]`` and ``rows[index_tensor]`` gather a new tensor; ``tensor()`` all rows.
-    """
-
-    def __init__(self, shards: list[torch.Tensor]):
-        self.shards = shards
-        self.starts = [0]
-        for sh in shards:
-            self.starts.append(self.starts[-1] + len(sh))
-
-    def __len__(self) -> int:
-        return self.starts[-1]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self), *self.shards[0].shape[1:])
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.shards[0].dtype
-
-    def _row(self, i: int) -> torch.Tensor:
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"row {i} out of range for {len(self)} rows")
-        s = bisect.bisect_right(self.starts, i) - 1
-        return self.shards[s][i - self.starts[s]]
-
-    def __getitem__(self, index):
-        if isinstance(index, int):
-            return self._row(index)
-        if isinstance(index, slice):
-            index = range(*index.indices(len(self)))
-        elif isinstance(index, torch.Tensor):
-            index = index.tolist()
-        rows = [self._row(int(i)) for i in index]
-        return torch.stack(rows) if rows else torch.empty((0, *self.shape[1:]), dtype=self.dtype)
-
-    def tensor(self) -> torch.Tensor:
-        """All rows as one in-memory tensor."""
-        return torch.cat([sh.clone() for sh in self.shards])
+CACHE_FORMAT = "modalbridge.features/2"
 
 
 @dataclass
@@ -144,12 +68,8 @@ def _file_id(path: str | Path) -> list:
 
 def cache_key(encoder, paths: list[str | Path], store_grid: bool = True, dtype: str = "float16") -> str:
     """Hash of (encoder, preprocessing, ordered image list, storage options)."""
-    blob = json.dumps(
-        {"format": CACHE_FORMAT, "encoder": encoder.cache_key(), "grid": store_grid, "dtype": dtype,
-         "images": [_file_id(p) for p in paths]},
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+    return shards.key({"format": CACHE_FORMAT, "encoder": encoder.cache_key(), "grid": store_grid, "dtype": dtype,
+                       "images": [_file_id(p) for p in paths]})
 
 
 def cached(encoder, paths: list[str | Path], cache_dir: str | Path, store_grid: bool = True,
@@ -163,7 +83,7 @@ def cached(encoder, paths: list[str | Path], cache_dir: str | Path, store_grid: 
     except UserError:  # a missing file: nothing can be cached for this list
         return None
     for key in keys:
-        if (Path(cache_dir) / key / "meta.json").is_file():
+        if shards.complete(Path(cache_dir) / key) is not None:
             return load(Path(cache_dir) / key)
     return None
 
@@ -221,75 +141,43 @@ def extract(
     found = cached(encoder, paths, cache_dir, store_grid, dtype)
     if found is not None:
         return found
-    key = cache_key(encoder, paths, store_grid, dtype)
-    root = Path(cache_dir) / key
-    root.mkdir(parents=True, exist_ok=True)
-    n_shards = (len(paths) + shard_size - 1) // shard_size
-    todo = [s for s in range(n_shards) if not (root / f"shard-{s:05d}.safetensors").is_file()]
+    fields = ["grid", "pooled"] if store_grid else ["pooled"]
+    writer = shards.ShardWriter(Path(cache_dir) / cache_key(encoder, paths, store_grid, dtype), len(paths),
+                                shard_size, fixed=fields)
+    todo = writer.missing()
     store = getattr(torch, dtype)
     encoder = encoder.to(device).eval()
     from tqdm.auto import tqdm
 
-    done = (n_shards - len(todo)) * shard_size
-    bar = tqdm(total=len(paths), initial=min(done, len(paths)), desc=f"features {encoder.name}", unit="img",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=len(paths), initial=len(paths) - sum(hi - lo for lo, hi in map(writer.bounds, todo)),
+               desc=f"features {encoder.name}", unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for s in todo:
-        lo, hi = s * shard_size, min(len(paths), (s + 1) * shard_size)
+        lo, hi = writer.bounds(s)
         loader = torch.utils.data.DataLoader(
             _ImageSet(paths[lo:hi], encoder.preprocess), batch_size=batch_size, num_workers=num_workers
         )
-        grids, pooled = [], []
+        out = {name: [] for name in fields}
         for pixels in loader:
             with torch.no_grad():
-                out = encoder.features(pixels.to(device))
-            if store_grid:
-                grids.append(out.grid.to("cpu", store))
-            pooled.append(out.pooled.to("cpu", store))
+                feats = encoder.features(pixels.to(device))
+            for name in fields:
+                out[name].append(getattr(feats, name).to("cpu", store))  # (b, P, C) grid, (b, C) pooled
             bar.update(len(pixels))
-        tensors = {"pooled": torch.cat(pooled).contiguous()}
-        if store_grid:
-            tensors["grid"] = torch.cat(grids).contiguous()
-        tmp = root / f".shard-{s:05d}.{os.getpid()}.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, root / f"shard-{s:05d}.safetensors")
+        writer.write(s, fixed={name: torch.cat(parts) for name, parts in out.items()})
     bar.close()
-    probe = mmap_safetensors(root / "shard-00000.safetensors")
-    meta = {
-        "format": CACHE_FORMAT,
-        "key": key,
-        "encoder": encoder.cache_key(),
-        "feature_dim": int(probe["pooled"].shape[-1]),
-        "num_positions": int(probe["grid"].shape[1]) if store_grid else None,
-        "store_grid": store_grid,
-        "dtype": dtype,
-        "n_images": len(paths),
-        "shard_size": shard_size,
-        "n_shards": n_shards,
-        "paths": paths,
-    }
-    write_json(root / "meta.json", meta)
-    return load(root)
+    meta = {"format": CACHE_FORMAT, "key": writer.root.name, "encoder": encoder.cache_key(), "store_grid": store_grid,
+            "dtype": dtype, "paths": paths}
+    return _open(writer.finish(meta))
 
 
 def load(root: str | Path) -> FeatureCache:
     """Open a complete cache directory (shards memory-mapped, see the module docstring)."""
-    root = Path(root)
-    meta_file = root / "meta.json"
-    if not meta_file.is_file():
-        raise UserError(f"{root} is not a complete feature cache (no meta.json)")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    grids, pooled = [], []
-    for s in range(meta["n_shards"]):
-        shard = root / f"shard-{s:05d}.safetensors"
-        try:
-            t = mmap_safetensors(shard)
-            pooled.append(t["pooled"])
-            if meta["store_grid"]:
-                grids.append(t["grid"])
-        except (OSError, ValueError, KeyError, struct.error, UnicodeDecodeError) as e:
-            raise UserError(f"feature cache shard {shard} is missing or corrupt ({type(e).__name__}); "
-                            f"delete {root} to rebuild it") from None
-    rows = Rows(pooled)
-    if len(rows) != meta["n_images"]:
-        raise UserError(f"feature cache {root} has {len(rows)} rows for {meta['n_images']} images; delete it")
-    return FeatureCache(root, list(meta["paths"]), Rows(grids) if grids else None, rows, meta)
+    return _open(shards.load(root))
+
+
+def _open(store: shards.Store) -> FeatureCache:
+    paths = list(store.meta["paths"])
+    if len(store) != len(paths):
+        raise UserError(f"feature cache {store.dir} has {len(store)} rows for {len(paths)} images; delete it")
+    grid = store.rows("grid") if store.has("grid") else None
+    return FeatureCache(store.dir, paths, grid, store.rows("pooled"), store.meta)

@@ -1,71 +1,78 @@
 """Feature cache: the frozen text encoder's hidden states for every prepared sentence, computed once.
 
 A prepared sentence directory (``modalbridge prepare``) holds ``sentences.jsonl``. ``extract`` runs the encoder over
-all of its sentences (every split, file order) and stores the token states as safetensors shards under
+all of its sentences (every split, file order) and stores the token states as a :mod:`modalbridge.shards` store of
+variable-length rows under
 
     <cache>/<encoder>-L<layer>-T<max_len>-<key hash>/
-        meta.json                 encoder name, layer, max_length, hidden size, sentences hash, n, shards
+        plan.json, meta.json      see modalbridge.shards; meta.json also holds encoder name, layer, max_length,
+                                  hidden size, sentences hash, n, tokens, shards
         shard-00000.safetensors   states (N_tok, H) flattened, offsets (n + 1,): sentence i is states[o[i]:o[i+1]]
 
 The key hash covers encoder name + layer + max_length + the sentences hash, so a changed sentence set or encoder
 setting gets a new entry and every training run with the same settings reuses the old one. ``<cache>`` defaults to
-``<data dir>/features``. The entry is written to a temp directory and renamed into place, so a crash never leaves a
-half-written cache behind. Flattened states + offsets waste nothing on padding; states are float16 by default.
+``<data dir>/features``. Shards are written atomically as they complete, so an interrupted extraction resumes at the
+first missing shard, and ``meta.json``, written last, marks the entry complete. Flattened states + offsets waste
+nothing on padding; states are float16 by default and memory-mapped when loaded.
 
 Notation: N sentences, N_tok word pieces of all sentences together, H encoder hidden size.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+from modalbridge import shards
 from modalbridge.errors import UserError
+from modalbridge.shards import RaggedRows
 from modalbridge.text.encoders import TextEncoder, load_text_encoder
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
 class Features:
-    """Token states of N sentences, in ``sentences.jsonl`` order.
+    """Token states of N sentences, in ``sentences.jsonl`` order, memory-mapped.
 
     Attributes:
-        states: (N_tok, H) all sentences' word-piece states, concatenated.
-        offsets: (N + 1,) int64; sentence i is ``states[offsets[i]:offsets[i + 1]]``.
+        rows: the states; ``rows[i]`` (also ``features[i]``) is sentence i's (T_i, H) states, read from its shard.
         meta: the cache entry's ``meta.json``.
     """
 
-    states: torch.Tensor
-    offsets: torch.Tensor
+    rows: RaggedRows
     meta: dict
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.rows)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.states[self.offsets[i] : self.offsets[i + 1]]  # (T_i, H)
+        return self.rows[i]  # (T_i, H)
+
+    @cached_property
+    def states(self) -> torch.Tensor:
+        """(N_tok, H) all sentences' word-piece states, concatenated into memory on first use."""
+        return self.rows.tensor()
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """(N + 1,) int64; sentence i is ``states[offsets[i]:offsets[i + 1]]``."""
+        return self.rows.offsets
 
     @property
     def lengths(self) -> torch.Tensor:
-        return self.offsets[1:] - self.offsets[:-1]  # (N,)
+        return self.rows.lengths  # (N,)
 
     @property
     def hidden_size(self) -> int:
-        return int(self.states.shape[1])
+        return int(self.rows.shape[1])
 
 
 def _sentences(data_dir: Path) -> tuple[list[str], str]:
@@ -84,9 +91,10 @@ def entry_dir(data_dir: str | Path, encoder: str, layer: int = -1, max_length: i
 
         sentences_hash = _hash(data_dir)
     root = Path(cache) if cache else data_dir / "features"
-    key = json.dumps([encoder, layer, max_length or "auto", sentences_hash, FORMAT_VERSION])
+    key = shards.key({"format": FORMAT_VERSION, "encoder": encoder, "layer": layer,
+                      "max_length": max_length or "auto", "sentences": sentences_hash}, length=12)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(encoder.rstrip("/")).name or encoder)[:40]
-    return root / f"{slug}-L{layer}-T{max_length or 'auto'}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    return root / f"{slug}-L{layer}-T{max_length or 'auto'}-{key}"
 
 
 def extract(
@@ -130,74 +138,44 @@ def extract(
     if not force and _complete(out, len(texts), shash):
         return out
     enc = encoder if isinstance(encoder, TextEncoder) else load_text_encoder(name, layer, max_length)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    start, shards, n_tok = time.perf_counter(), [], 0
-    try:
-        for s, lo in enumerate(range(0, len(texts), shard_size)):
-            chunk = texts[lo : lo + shard_size]
-            states: list[torch.Tensor | None] = [None] * len(chunk)
-            for idx, batch in enc.iter_states(chunk, batch_size=batch_size, sort=True):
-                for i, st in zip(idx, batch, strict=True):
-                    states[i] = st.to(DTYPES[dtype])  # (T_i, H)
-            lengths = torch.tensor([len(st) for st in states])
-            offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])  # (n + 1,)
-            fname = f"shard-{s:05d}.safetensors"
-            save_file({"states": torch.cat(states).contiguous(), "offsets": offsets}, str(tmp / fname))
-            shards.append({"file": fname, "n": len(chunk), "tokens": int(offsets[-1])})
-            n_tok += int(offsets[-1])
-            if verbose:
-                done = lo + len(chunk)
-                rate = done / (time.perf_counter() - start)
-                print(f"extract: {done}/{len(texts)} sentences ({rate:.0f}/s)", file=sys.stderr)
-        meta = {
-            "format": FORMAT_VERSION, "encoder": name, "layer": layer, "max_length": max_length,
-            "effective_max_length": enc.max_length, "hidden_size": enc.hidden_size, "num_layers": enc.num_layers,
-            "sentences_hash": shash, "n": len(texts), "tokens": n_tok, "dtype": dtype, "shards": shards,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    writer = shards.ShardWriter(out, len(texts), shard_size, ragged=["states"], spec={"dtype": dtype}, fresh=force)
+    todo = writer.missing()
+    if verbose and len(todo) < writer.n_shards:
+        print(f"extract: resuming, {writer.n_shards - len(todo)}/{writer.n_shards} shards already stored",
+              file=sys.stderr)
+    start, done = time.perf_counter(), 0
+    for s in todo:
+        lo, hi = writer.bounds(s)
+        states: list[torch.Tensor | None] = [None] * (hi - lo)
+        for idx, batch in enc.iter_states(texts[lo:hi], batch_size=batch_size, sort=True):
+            for i, st in zip(idx, batch, strict=True):
+                states[i] = st.to(DTYPES[dtype])  # (T_i, H)
+        writer.write(s, ragged={"states": states})
+        done += hi - lo
+        if verbose:
+            rate = done / (time.perf_counter() - start)
+            print(f"extract: {hi}/{len(texts)} sentences ({rate:.0f}/s)", file=sys.stderr)
+    meta = {
+        "format": FORMAT_VERSION, "encoder": name, "layer": layer, "max_length": max_length,
+        "effective_max_length": enc.max_length, "hidden_size": enc.hidden_size, "num_layers": enc.num_layers,
+        "sentences_hash": shash, "dtype": dtype, "seconds": round(time.perf_counter() - start, 3),
+    }
+    writer.finish(meta)
     return out
 
 
-def _read_meta(entry: Path) -> dict | None:
-    try:
-        return json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
 def _complete(entry: Path, n: int, shash: str) -> bool:
-    meta = _read_meta(entry)
+    meta = shards.complete(entry)
     return (
         meta is not None and meta.get("format") == FORMAT_VERSION and meta.get("n") == n
-        and meta.get("sentences_hash") == shash and all((entry / s["file"]).is_file() for s in meta["shards"])
+        and meta.get("sentences_hash") == shash
     )
 
 
 def load_entry(entry: str | Path) -> Features:
-    """Load a cache entry directory written by :func:`extract`."""
-    entry = Path(entry)
-    meta = _read_meta(entry)
-    if meta is None:
-        raise UserError(f"{entry} is not a feature cache entry (no readable meta.json)")
-    states, offsets, base = [], [torch.zeros(1, dtype=torch.long)], 0
-    for shard in meta["shards"]:
-        try:
-            t = load_file(str(entry / shard["file"]))
-        except (SafetensorError, OSError) as e:
-            raise UserError(f"feature cache shard {entry / shard['file']} is unreadable ({e}); "
-                            "delete the entry or extract with --force") from None
-        states.append(t["states"])
-        offsets.append(t["offsets"][1:] + base)
-        base += int(t["offsets"][-1])
-    return Features(states=torch.cat(states), offsets=torch.cat(offsets), meta=meta)
+    """Load a cache entry directory written by :func:`extract` (shards memory-mapped)."""
+    store = shards.load(entry)
+    return Features(rows=store.ragged("states"), meta=store.meta)
 
 
 def load_features(
