@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from modalbridge.cli import app
 from modalbridge.errors import UserError
-from modalbridge.t2i import inflect, sentences, vocabulary
-from modalbridge.t2i.sentences import TEMPLATES, SentenceConfig, generate
+from modalbridge.t2i import inflect, sentences, templates, vocabulary
+from modalbridge.t2i.sentences import SentenceConfig, generate
+from modalbridge.t2i.templates import TEMPLATES
 from modalbridge.t2i.vocabulary import key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +48,8 @@ def test_templates_cover_the_grammar():
     assert [t.id for t in TEMPLATES] == list(range(len(TEMPLATES)))
     # fillers never name a class themselves (a stray class word would corrupt the target)
     fashion = vocabulary.fashion()
-    fillers = [*sentences.SUBJECTS, *sentences.STYLES, *sentences.GENERIC_ADJ, *sentences.GENERIC_PLACE,
-               *sentences.GENERIC_VERB, *(w for table in (sentences.ADJECTIVES, sentences.PLACES, sentences.VERBS)
+    fillers = [*templates.SUBJECTS, *templates.STYLES, *templates.GENERIC_ADJ, *templates.GENERIC_PLACE,
+               *templates.GENERIC_VERB, *(w for table in (templates.ADJECTIVES, templates.PLACES, templates.VERBS)
                                           for words in table.values() for w in words)]
     for v in (vocabulary.imagenet1k(), fashion):
         assert [f for f in fillers if v.find(f)] == []
@@ -74,7 +75,7 @@ def test_rows_follow_the_contract(imagenet, imagenet_rows):
 def test_held_out_templates_and_synonyms_never_reach_train(imagenet_rows):
     rows, meta = imagenet_rows
     held_t = set(meta["templates"]["held_out"])
-    assert held_t and not held_t & set(sentences.NEVER_HELD_OUT)
+    assert held_t and not held_t & set(templates.NEVER_HELD_OUT)
     held_l = [h["lemma"] for h in meta["held_out_lemmas"]]
     assert len(held_l) >= 50
     forms = {key(f) for lem in held_l for f in (lem, inflect.plural(lem))}

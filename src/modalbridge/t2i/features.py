@@ -76,7 +76,7 @@ class Features:
 
 
 def _sentences(data_dir: Path) -> tuple[list[str], str]:
-    from modalbridge.t2i.sentences import load_sentences, sentences_hash
+    from modalbridge.t2i.sentence_files import load_sentences, sentences_hash
 
     rows = load_sentences(data_dir)
     return [r["text"] for r in rows], sentences_hash(data_dir)
@@ -87,7 +87,7 @@ def entry_dir(data_dir: str | Path, encoder: str, layer: int = -1, max_length: i
     """Where the cache entry for these settings lives (it may not exist yet)."""
     data_dir = Path(data_dir)
     if sentences_hash is None:
-        from modalbridge.t2i.sentences import sentences_hash as _hash
+        from modalbridge.t2i.sentence_files import sentences_hash as _hash
 
         sentences_hash = _hash(data_dir)
     root = Path(cache) if cache else data_dir / "features"

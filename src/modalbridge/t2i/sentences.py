@@ -48,23 +48,7 @@ from modalbridge.t2i.sentence_files import (  # noqa: F401 - the directory's for
     write_sentences,
 )
 from modalbridge.t2i.sentence_sampler import Phrase, SentenceConfig, SentenceSampler  # noqa: F401 - re-exported
-from modalbridge.t2i.templates import (  # noqa: F401 - the template tables stay importable from here
-    ADJECTIVES,
-    DETERMINERS,
-    GENERIC_ADJ,
-    GENERIC_PLACE,
-    GENERIC_VERB,
-    NEVER_HELD_OUT,
-    NUMBERS,
-    PLACES,
-    PLURAL_SLOTS,
-    SLOTS,
-    STYLES,
-    SUBJECTS,
-    TEMPLATES,
-    VERBS,
-    Template,
-)
+from modalbridge.t2i.templates import TEMPLATES
 from modalbridge.t2i.vocabulary import Vocabulary, key
 
 
