@@ -179,7 +179,9 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path):
 
     epochs = ["trainer.max_epochs=16", "checkpoint.monitor=train/loss", "checkpoint.every_n_epochs=0"]
     straight = _train(tmp_path / "a", *epochs)
-    cmd = [sys.executable, "-m", "modalbridge", "train", str(TOY), f"run_root={tmp_path / 'b'}", *QUIET, *epochs]
+    # 20 ms a step (8 steps an epoch): the kill lands mid-run however fast the machine is; the delay is no weight
+    cmd = [sys.executable, "-m", "modalbridge", "train", str(TOY), f"run_root={tmp_path / 'b'}", *QUIET, *epochs,
+           "data.step_delay_s=0.02"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

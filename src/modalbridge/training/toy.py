@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class ToyDataConfig:
     batch_size: int = 32
     noise: float = 0.1
     dump_params_per_rank: bool = False  # DDP test: every rank writes its final parameters
+    step_delay_s: float = 0.0  # kill/resume test: a slow step, so a kill lands mid-run on any machine
 
     def __post_init__(self):
         if self.n_train < 1 or self.n_val < 0:
@@ -51,12 +53,14 @@ class ToyDataConfig:
 
 
 class ToyModule(BridgeModule):
-    def __init__(self, model, optim_cfg, dump_params: bool):
+    def __init__(self, model, optim_cfg, dump_params: bool, step_delay_s: float = 0.0):
         super().__init__(model, optim_cfg)
-        self.dump_params = dump_params
+        self.dump_params, self.step_delay_s = dump_params, step_delay_s
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)  # touches no random state: the weights are those of an undelayed run
         loss = nn.functional.mse_loss(self.model(x), y)
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -98,7 +102,8 @@ class ToyTask(Task):
     ModelConfig = ToyModelConfig
 
     def build_module(self):
-        return ToyModule(ToyMLP(self.cfg.model), self.cfg.optim, self.cfg.data.dump_params_per_rank)
+        d = self.cfg.data
+        return ToyModule(ToyMLP(self.cfg.model), self.cfg.optim, d.dump_params_per_rank, d.step_delay_s)
 
     def build_datamodule(self):
         return ToyData(self.cfg.data, self.cfg.model.dim, self.cfg.seed)
