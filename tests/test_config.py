@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,14 @@ def test_save_yaml_round_trip(tmp_path):
     again = config.load(Outer, tmp_path / "resolved.yaml")
     assert again == cfg
     assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").rglob("*.yaml")))
+def test_every_shipped_config_resolves_and_passes_the_value_checks(path):
+    from modalbridge.registry import load_builtins
+    from modalbridge.training import engine
+
+    load_builtins()
+    cfg = engine.resolve_config(path, [])  # unknown keys / wrong types / unknown task raise here
+    engine.check_values(cfg)
+    assert cfg.name and cfg.task

@@ -19,6 +19,7 @@ from modalbridge.training.gan import (
     GANTask,
     ProjectionDiscriminator,
     d_hinge_loss,
+    diff_augment,
     ema_update,
     g_hinge_loss,
     sample,
@@ -84,6 +85,46 @@ def test_ema_update_math():
     torch.testing.assert_close(ema.running_mean, model.running_mean)  # buffers are copied
     ema_update(ema, model, decay=0.0)
     torch.testing.assert_close(ema.weight, model.weight)
+
+
+def test_ema_update_fused_equals_per_tensor_formula():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 2))
+    ema = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 2))
+    model(torch.randn(6, 4))
+    expect = [0.7 * e.detach() + 0.3 * p.detach() for e, p in zip(ema.parameters(), model.parameters(), strict=True)]
+    ema_update(ema, model, decay=0.7)
+    for e, x in zip(ema.parameters(), expect, strict=True):
+        torch.testing.assert_close(e, x)
+    torch.testing.assert_close(ema[1].num_batches_tracked, model[1].num_batches_tracked)  # integer buffers too
+    with pytest.raises(ValueError, match="parameter lists"):
+        ema_update(nn.Linear(4, 5), model, decay=0.5)
+
+
+def test_diff_augment_translation_shifts_content_and_fills_background():
+    x = torch.full((64, 1, 16, 16), -1.0)
+    x[:, :, 7, 7] = 1.0  # one bright pixel per image
+    g = torch.Generator().manual_seed(0)
+    y = diff_augment(x, "translation", generator=g)
+    assert y.shape == x.shape and torch.equal(diff_augment(x, ""), x)
+    bright = (y == 1.0).flatten(1)
+    assert torch.all(bright.sum(1) == 1)  # the pixel moved, nothing was duplicated or lost
+    pos = bright.float().argmax(1)
+    rows, cols = pos // 16, pos % 16
+    assert (rows - 7).abs().max() <= 2 and (cols - 7).abs().max() <= 2  # at most side / 8
+    assert len(set(pos.tolist())) > 5  # images move independently
+    assert set(y.unique().tolist()) == {-1.0, 1.0}  # the shifted-in border is background
+
+
+def test_diff_augment_cutout_blanks_a_quarter_and_passes_gradients():
+    x = torch.ones(8, 3, 16, 16, requires_grad=True)
+    y = diff_augment(x, "cutout", generator=torch.Generator().manual_seed(1))
+    hole = (y == 0).all(1)  # (B, H, W), the same square in every channel
+    assert torch.all(hole.flatten(1).sum(1) == 64)  # (16 / 2) ** 2
+    y.sum().backward()
+    assert torch.equal(x.grad[:, 0] == 0, hole)  # differentiable: zero gradient exactly in the hole
+    with pytest.raises(Exception, match="unknown augmentation 'flip'"):
+        diff_augment(x, "translation,flip")
 
 
 def test_save_grid_layout(tmp_path):
@@ -162,6 +203,22 @@ def test_v2_recipe_warm_start_frozen_table_aux_head_snapshots(tmp_path):
     assert not torch.equal(new.state_dict()[key], old.state_dict()[key])  # the rest of G trained on
     with pytest.raises(Exception, match="another generator config"):
         engine.train(engine.resolve_config("configs/gan/fashion_v2.yaml", over + ["model.g_channel_width=16"]))
+
+
+def test_v3_recipe_new_generator_on_an_existing_class_table(tmp_path):
+    """configs/gan/fashion_v3.yaml's pieces: a generator of another width starts from scratch but copies the class
+    table of an existing model (so mappers trained on that table stay exact); D sees DiffAugment'ed inputs."""
+    first = engine.train(engine.resolve_config("configs/gan/fashion.yaml", TINY + [f"run_root={tmp_path / 'a'}"]))
+    over = TINY + [f"run_root={tmp_path / 'b'}", f"model.init_class_table={first / 'model'}",
+                   "model.g_channel_width=16", "model.freeze_class_table=true", "model.diffaugment=translation,cutout",
+                   "model.max_g_steps=2", "model.ema_start=0", "model.snapshot_every=0", "model.sample_every=0"]
+    run_dir = engine.train(engine.resolve_config("configs/gan/fashion_v3.yaml", over))
+    old, new = load_generator(first / "model"), load_generator(run_dir / "model")
+    assert new.config.channel_width == 16 and old.config.channel_width == 8
+    torch.testing.assert_close(new.class_embeddings, old.class_embeddings, rtol=0, atol=0)
+    with pytest.raises(Exception, match=r"has a \(128, 10\) table"):
+        bad = over + ["model.generator={n_stats: 3, class_embed_dim: 64}"]
+        GANTask(engine.resolve_config("configs/gan/fashion_v3.yaml", bad)).build_module()
 
 
 def test_aux_discriminator_head():

@@ -128,11 +128,57 @@ def g_hinge_loss(fake_scores: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * model`` for floating parameters; buffers are copied."""
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.copy_(b)
+    """``ema <- decay * ema + (1 - decay) * model`` for floating parameters; buffers are copied.
+
+    One fused ``_foreach`` call per list instead of a kernel per tensor (timm's ModelEmaV3 does the same): on a GPU
+    the small generator's step is bound by kernel launches.
+    """
+    e_params, m_params = list(ema.parameters()), [p.detach() for p in model.parameters()]
+    if len(e_params) != len(m_params):
+        raise ValueError("ema and model have different parameter lists")
+    torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
+    e_bufs, m_bufs = list(ema.buffers()), list(model.buffers())
+    if len(e_bufs) != len(m_bufs):
+        raise ValueError("ema and model have different buffer lists")
+    if e_bufs:
+        torch._foreach_copy_(e_bufs, m_bufs)
+
+
+def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Differentiable augmentation of D's inputs, real and fake alike (Zhao et al. 2020, DiffAugment,
+    https://arxiv.org/abs/2006.10738): ``translation`` shifts by up to 1/8 of the side (zero-filled, i.e. the
+    background of [-1, 1] images is -1 after the shift), ``cutout`` blanks a random square of half the side.
+
+    Args:
+        x: images (B, C, H, W) in [-1, 1].
+        policy: comma-separated names from {translation, cutout}; "" returns ``x``.
+    """
+    if not policy:
+        return x
+    b, _, h, w = x.shape
+    dev = x.device
+    for name in policy.split(","):
+        if name == "translation":
+            s = max(1, h // 8)
+            dx = torch.randint(-s, s + 1, (b, 1, 1), device=dev, generator=generator)
+            dy = torch.randint(-s, s + 1, (b, 1, 1), device=dev, generator=generator)
+            ys = torch.arange(h, device=dev).view(1, h, 1) - dy  # (B, H, 1) source row of each output row
+            xs = torch.arange(w, device=dev).view(1, 1, w) - dx  # (B, 1, W)
+            valid = ((ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)).unsqueeze(1)  # (B, 1, H, W)
+            idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).flatten(1)  # (B, H*W)
+            flat = x.flatten(2).gather(2, idx.unsqueeze(1).expand(-1, x.shape[1], -1))  # (B, C, H*W)
+            x = torch.where(valid, flat.view_as(x), torch.full_like(x, -1.0))
+        elif name == "cutout":
+            ch, cw = h // 2, w // 2
+            cy = torch.randint(0, h - ch + 1, (b, 1, 1), device=dev, generator=generator)
+            cx = torch.randint(0, w - cw + 1, (b, 1, 1), device=dev, generator=generator)
+            ys = torch.arange(h, device=dev).view(1, h, 1)
+            xs = torch.arange(w, device=dev).view(1, 1, w)
+            hole = ((ys >= cy) & (ys < cy + ch) & (xs >= cx) & (xs < cx + cw)).unsqueeze(1)  # (B, 1, H, W)
+            x = x.masked_fill(hole, 0.0)
+        else:
+            raise UserError(f"model.diffaugment: unknown augmentation '{name}' (translation, cutout)")
+    return x
 
 
 @torch.no_grad()
@@ -194,6 +240,9 @@ class GANModelConfig:
     d_warmup_steps: int = 0  # D-only steps before G trains (a fresh D catching up with a warm-started G)
     max_g_steps: int = 0  # stop after this many G steps (0: epochs / max_minutes decide)
     snapshot_every: int = 0  # G steps between exported EMA snapshots in run_dir/snapshots/stepN (0: never)
+    # --- recipe v3 (issue 12, a GPU run): a wider G from scratch on the same class table
+    init_class_table: str = ""  # copy G's class-embedding table (E, K) from this biggan_deep model dir / name
+    diffaugment: str = ""  # DiffAugment policy on every D input, e.g. "translation,cutout" ("" = off)
 
 
 class GANModule(BridgeModule):
@@ -237,6 +286,8 @@ class GANModule(BridgeModule):
         with torch.no_grad():
             fake, fake_labels = self._fake(b)
         aux = self.mcfg.aux_weight > 0
+        aug = self.mcfg.diffaugment
+        real, fake = diff_augment(real, aug), diff_augment(fake, aug)
         if aux:
             d_real, real_logits = self.discriminator(real, labels, return_logits=True)  # (B,), (B, K)
         else:
@@ -258,13 +309,14 @@ class GANModule(BridgeModule):
         # --- generator step: D is frozen so no D gradients are computed
         self.discriminator.requires_grad_(False)
         fake, fake_labels = self._fake(b)
+        seen = diff_augment(fake, aug)  # G is judged through the same augmentation as D was trained on
         if aux:
-            g_scores, fake_logits = self.discriminator(fake, fake_labels, return_logits=True)
+            g_scores, fake_logits = self.discriminator(seen, fake_labels, return_logits=True)
             g_ce = F.cross_entropy(fake_logits, fake_labels)
             g_loss = g_hinge_loss(g_scores) + self.mcfg.aux_weight * g_ce
             self.log("train/g_aux_ce", g_ce)
         else:
-            g_loss = g_hinge_loss(self.discriminator(fake, fake_labels))
+            g_loss = g_hinge_loss(self.discriminator(seen, fake_labels))
         if self.mcfg.gray_penalty and self.generator.config.out_channels > 1:
             # the data is gray replicated to RGB; a direct penalty removes colour faster than D's gradient does
             g_loss = g_loss + self.mcfg.gray_penalty * (fake - fake.mean(1, keepdim=True)).pow(2).mean()
@@ -378,6 +430,15 @@ class GANTask(Task):
             if to_dict(src.config) != to_dict(g_cfg):
                 raise UserError(f"model.init_generator '{m.init_generator}' has another generator config")
             generator.load_state_dict(src.state_dict())
+        if m.init_class_table:  # a new generator (any width) on an existing table: mappers trained on it stay exact
+            from modalbridge import assets
+
+            table = ckpt.load(assets.resolve(m.init_class_table), expected="biggan_deep").embeddings.weight
+            if table.shape != generator.embeddings.weight.shape:
+                raise UserError(f"model.init_class_table '{m.init_class_table}' has a {tuple(table.shape)} table, "
+                                f"this generator {tuple(generator.embeddings.weight.shape)}")
+            with torch.no_grad():
+                generator.embeddings.weight.copy_(table)
         if m.freeze_class_table:
             generator.embeddings.weight.requires_grad_(False)
         return GANModule(generator, ProjectionDiscriminator(d_cfg), self.cfg)
