@@ -41,23 +41,27 @@ def main() -> None:
     ap.add_argument("--also", type=Path, nargs="*", default=[], help="more candidate model dirs (e.g. the warm start)")
     ap.add_argument("--install", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where to sample and judge (cuda on a GPU machine)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    judge = load_judge(args.judge)
+    dev = torch.device(args.device)
+    judge = load_judge(args.judge).to(dev)
     if checkpoint.read_meta(args.judge).get("extra", {}).get("role") != "selection":
         raise SystemExit(f"{args.judge} is not the panel's selection judge")
     xs, ys = fashion_mnist.load("train")
     idx = np.concatenate([np.flatnonzero(ys == c)[: args.n_real_per_class] for c in range(int(ys.max()) + 1)])
-    real_feats, _ = judge.embed(to_model_range(xs[idx]))  # the first n of each class
+    with torch.no_grad():
+        real_feats = judge.embed(to_model_range(xs[idx]).to(dev))[0].cpu()  # the first n of each class
     cands = sorted((args.run_dir / "snapshots").glob("step*")) + [args.run_dir / "model"] + list(args.also)
     scores = {}
     for d in cands:
         if not (d / checkpoint.CONFIG_NAME).is_file():
             continue
-        g = checkpoint.load(d, expected="biggan_deep")
+        g = checkpoint.load(d, expected="biggan_deep").to(dev)
         k = g.config.num_classes
         labels = torch.arange(k).repeat_interleave(args.n_per_class)
-        feats, pred = judge.embed(sample(g, labels, truncation=1.0, seed=0))
+        with torch.no_grad():
+            feats, pred = (t.cpu() for t in judge.embed(sample(g, labels.to(dev), truncation=1.0, seed=0)))
         scores[str(d) if d in args.also else d.name] = {"fd": frechet_distance_features(feats, real_feats),
                           "accuracy": float((pred == labels).float().mean()),
                           "steps": checkpoint.read_meta(d).get("extra", {}).get("generator_steps")}
