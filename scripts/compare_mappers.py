@@ -4,7 +4,7 @@
                                       [--out docs/results/mappers_fashion.json] [key=value ...]
 
 Every variant uses the config's data (sentences, encoder, layer, generator), optimiser and epochs; only
-``model.kind`` and ``model.loss`` change. The sentences, the feature cache and the generator's class table are
+``model.arch`` and ``model.params.loss`` change. The sentences, the feature cache and the generator's class table are
 loaded once (``T2ITask.load``). Training is a plain loop with the engine's pieces (same loaders, optimiser and
 cosine/warm-up schedule as ``BridgeModule``), keeping the weights of the epoch with the lowest val loss, as
 ``checkpoint.monitor: val/loss`` does in ``modalbridge train``. Each variant is then evaluated on every split.
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train_variant(task: T2ITask, kind: str, loss: str, epochs: int) -> dict:
     cfg = copy.deepcopy(task.cfg)
-    cfg.model.kind, cfg.model.loss = kind, loss
+    cfg.model.arch, cfg.model.params = kind, {**cfg.model.params, "loss": loss}
     variant = T2ITask.__new__(T2ITask)
     variant.__dict__.update(task.__dict__)
     variant.cfg = cfg

@@ -171,7 +171,7 @@ def test_t2i_mapper_task_trains_and_exports(tmp_path):
         "logger: {backends: [csv]}\n"
         "checkpoint: {monitor: val/top1, mode: max}\noptim: {lr: 0.005}\n"
         f"data: {{sentences: {sent}, encoder: {enc}, generator: {gen}, batch_size: 32}}\n"
-        "model: {kind: attention, loss: cosine, hidden: 32}\n"
+        "model: {arch: attention, params: {loss: cosine, hidden: 32}}\n"
     )
     r = CliRunner().invoke(app, ["train", str(cfg), f"run_root={tmp_path / 'runs'}"])
     assert r.exit_code == 0, r.output
@@ -194,6 +194,13 @@ def test_t2i_mapper_task_trains_and_exports(tmp_path):
     assert len(list((sent / "features").iterdir())) == 1  # the cache was built once, inside the data dir
     loaded = checkpoint.load(run / "model")
     torch.testing.assert_close(loaded.table, load_table(gen))
+    assert loaded.config.loss == "cosine" and loaded.config.hidden == 32  # model.params reached MapperConfig
+
+    for bad, message in ((["model.arch=attentoin"], "unknown model.arch 'attentoin' (did you mean 'attention'?)"),
+                         (["model.params.kind=mlp"], "model.params.kind is set by the task"),
+                         (["model.params.hiden=3"], "unknown config key 'model.params.hiden'")):
+        r = CliRunner().invoke(app, ["train", str(cfg), f"run_root={tmp_path / 'bad'}", *bad])
+        assert r.exit_code == 2 and message in r.output, r.output
 
 
 def load_table(gen):

@@ -11,18 +11,19 @@ the best weights (``metrics.json``); its ``config.json`` names the text encoder 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
 from modalbridge import checkpoint as ckpt
-from modalbridge.errors import UserError
+from modalbridge.config import from_dict
+from modalbridge.errors import UserError, closest
 from modalbridge.registry import TASKS
 from modalbridge.t2i.features import Features, load_features
-from modalbridge.t2i.mapper import MapperConfig, T2IMapper, dense_weights, retrieval_metrics
+from modalbridge.t2i.mapper import MAPPERS, MapperConfig, T2IMapper, dense_weights, retrieval_metrics
 from modalbridge.training.batching import pad
 from modalbridge.training.engine import make_loader
 from modalbridge.training.task import BridgeModule, Task
@@ -44,12 +45,15 @@ class T2IDataConfig:
 
 @dataclass
 class T2IModelConfig:
-    kind: str = "inspan"
-    loss: str = "contrastive"
-    hidden: int = 256
-    dropout: float = 0.1
-    token_dropout: float = 0.0
-    temperature: float = 0.1
+    """``model:`` as the caption task shapes it: ``arch`` names a mapper head (``MAPPERS``), ``params`` are fields of
+    :class:`MapperConfig` (``loss``, ``hidden``, ``dropout``, ``token_dropout``, ``temperature``); the dims, the text
+    encoder and the generator come from the data."""
+
+    arch: str = "inspan"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+DERIVED = ("kind", "text_hidden", "embed_dim", "num_classes", "text_encoder", "text_layer", "max_length", "generator")
 
 
 def model_spec(spec: str) -> str:
@@ -183,11 +187,17 @@ class T2ITask(Task):
     def mapper_config(self) -> MapperConfig:
         rows, feats, table = self.load()
         d, m = self.cfg.data, self.cfg.model
-        return MapperConfig(
-            **dataclasses.asdict(m), text_hidden=feats.hidden_size, embed_dim=int(table.shape[1]),
-            num_classes=int(table.shape[0]), text_encoder=model_spec(d.encoder), text_layer=d.layer,
-            max_length=feats.meta.get("effective_max_length", d.max_length), generator=model_spec(d.generator),
-        )
+        if m.arch not in MAPPERS:
+            known = ", ".join(sorted(MAPPERS))
+            raise UserError(f"unknown model.arch '{m.arch}'{closest(m.arch, MAPPERS)}; known: {known}")
+        fixed = sorted(set(m.params) & set(DERIVED))
+        if fixed:
+            raise UserError(f"model.params.{fixed[0]} is set by the task (model.arch, data.*), not by model.params")
+        derived = dict(kind=m.arch, text_hidden=feats.hidden_size, embed_dim=int(table.shape[1]),
+                       num_classes=int(table.shape[0]), text_encoder=model_spec(d.encoder), text_layer=d.layer,
+                       max_length=feats.meta.get("effective_max_length", d.max_length),
+                       generator=model_spec(d.generator))
+        return from_dict(MapperConfig, {**m.params, **derived}, prefix="model.params.")
 
     def datasets(self) -> dict[str, SentenceSet]:
         rows, feats, _ = self.load()
