@@ -30,7 +30,7 @@ from common import interleave, loadavg, report, speedups, spread, summary  # ben
 from modalbridge.captioning import clipcap, decoding
 from modalbridge.captioning.clipcap import ClipCap, RecomputingClipCap
 from modalbridge.captioning.sat import IGNORE
-from modalbridge.training.engine import EpochSampler
+from modalbridge.training.batching import EpochSampler
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from modalbridge.checkpoint import write_json
 from modalbridge.registry import load_builtins
 from modalbridge.t2i.mapper import LOSSES, MAPPERS
 from modalbridge.t2i.train import T2ITask, evaluate, make_collate
-from modalbridge.training import engine
+from modalbridge.training import batching, engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def train_variant(task: T2ITask, kind: str, loss: str, epochs: int) -> dict:
     model = variant.build_module().model
     sets = variant.datasets()
     collate = make_collate(model.config.num_classes)
-    loader = engine.make_loader(sets["train"], cfg.data.batch_size, True, cfg.seed, collate_fn=collate)
+    loader = batching.make_loader(sets["train"], cfg.data.batch_size, True, cfg.seed, collate_fn=collate)
     o = cfg.optim
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     total = epochs * len(loader)

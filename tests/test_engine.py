@@ -207,7 +207,7 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path):
 
 
 def test_length_grouped_sampler_keeps_the_epoch_and_cuts_padding():
-    from modalbridge.training.engine import EpochSampler
+    from modalbridge.training.batching import EpochSampler
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(3, 40, (1000,), generator=g).tolist()

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from modalbridge.cli import app
 from modalbridge.registry import load_builtins
-from modalbridge.training import engine
+from modalbridge.training import batching, engine
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs" / "test" / "toy.yaml"
@@ -234,7 +234,7 @@ def test_training_without_a_step_exports_nothing(tmp_path, monkeypatch):
     from modalbridge.training import toy
 
     empty = torch.utils.data.TensorDataset(torch.zeros(0, 8), torch.zeros(0))
-    monkeypatch.setattr(toy.ToyData, "train_dataloader", lambda self: engine.make_loader(empty, 4, True, 0))
+    monkeypatch.setattr(toy.ToyData, "train_dataloader", lambda self: batching.make_loader(empty, 4, True, 0))
     with pytest.raises(UserError, match="no optimizer step"):
         _train(tmp_path / "runs", "trainer.max_epochs=1")
     assert not any((tmp_path / "runs").iterdir())

@@ -36,8 +36,7 @@ from modalbridge.captioning.sat import DECODERS, IGNORE
 from modalbridge.config import from_dict
 from modalbridge.errors import UserError
 from modalbridge.registry import TASKS
-from modalbridge.training.batching import pad
-from modalbridge.training.engine import make_loader
+from modalbridge.training.batching import make_loader, pad
 from modalbridge.training.task import BridgeModule, Task
 
 ENCODER_WEIGHTS = "encoder.safetensors"  # a fine-tuned captioner's encoder blocks, next to model.safetensors

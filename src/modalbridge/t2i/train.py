@@ -24,8 +24,7 @@ from modalbridge.errors import UserError, closest
 from modalbridge.registry import TASKS
 from modalbridge.t2i.features import Features, load_features
 from modalbridge.t2i.mapper import MAPPERS, MapperConfig, T2IMapper, dense_weights, retrieval_metrics
-from modalbridge.training.batching import pad
-from modalbridge.training.engine import make_loader
+from modalbridge.training.batching import make_loader, pad
 from modalbridge.training.task import BridgeModule, Task
 
 EVAL_SPLITS = ("val", "test_template", "test_synonym")

@@ -25,6 +25,7 @@ from modalbridge import checkpoint as ckpt
 from modalbridge.config import from_dict, merge, parse_overrides, read_yaml, save_yaml, to_dict
 from modalbridge.errors import UserError
 from modalbridge.registry import TASKS
+from modalbridge.training.resume import epoch_seed_callback, last_checkpoint_callback, load_training_checkpoint
 
 RUN_DIR_ENV = "MODALBRIDGE_RUN_DIR"  # rank 0 picks the run dir; DDP workers started by Lightning inherit it
 
@@ -142,111 +143,6 @@ def check_values(cfg: RunConfig) -> None:
             raise UserError(f"config key '{key}' must be {want}, got {value!r}")
 
 
-def epoch_seed_callback(seed: int):
-    """A Lightning callback that reseeds torch at every epoch start from (seed, epoch): dropout and augmentation do
-    not depend on history, so a run resumed from a checkpoint continues exactly as the uninterrupted run."""
-    import lightning.pytorch as pl
-
-    class EpochSeed(pl.Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            torch.manual_seed(seed * 100_003 + trainer.current_epoch)
-
-    return EpochSeed()
-
-
-class LastCheckpoint:
-    """``checkpoints/last.ckpt`` after every completed epoch (unmonitored, overwritten in place): what --resume
-    continues from. A ModelCheckpoint subclass, so its restored state never mixes with the ``best`` callback's."""
-
-    def __new__(cls, dirpath: Path):
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        class _LastCheckpoint(ModelCheckpoint):
-            def _save_checkpoint(self, trainer, filepath: str) -> None:
-                # Write beside, then rename: a kill -9 at any moment leaves the previous or the new last.ckpt,
-                # never a truncated one, so --resume always has a complete epoch to continue from.
-                tmp = f"{filepath}.tmp"
-                super()._save_checkpoint(trainer, tmp)
-                if trainer.is_global_zero:
-                    os.replace(tmp, filepath)
-                trainer.strategy.barrier()
-                self._last_checkpoint_saved = filepath
-
-        return _LastCheckpoint(
-            dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=1, save_last=False,
-            auto_insert_metric_name=False, enable_version_counter=False,
-        )
-
-
-def load_training_checkpoint(path: Path) -> dict:
-    """A Lightning checkpoint loaded with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
-    planted pickle cannot run code. Corrupt, truncated, empty or foreign files give one UserError naming ``path``."""
-    import pickle
-    import warnings
-
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "not an allowed global" in str(e):
-            raise UserError(f"refused to load {path}: it holds pickled Python objects, not just tensors "
-                            "(loading it could run code)") from None
-        raise UserError(f"refused to load {path}: not a weights-only PyTorch checkpoint (corrupt, or pickled "
-                        "Python objects)") from None
-    except Exception as e:  # noqa: BLE001 - EOFError (empty), RuntimeError (truncated zip), OSError, ...
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"corrupt or truncated checkpoint {path}: {msg}") from None
-    if not isinstance(state, dict) or not {"state_dict", "epoch", "global_step", "loops"} <= state.keys():
-        raise UserError(f"{path} is not a Lightning training checkpoint (no state_dict/epoch/loops)")
-    return state
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """A shuffling sampler whose order is a function of (seed, epoch); Lightning calls ``set_epoch``.
-    Under DDP each rank takes every ``world``-th index of the same permutation.
-
-    ``lengths`` + ``group``: group by length (as Hugging Face's ``group_by_length``): the permutation is cut into
-    mega-batches of ``group`` items, each sorted by length (longest first), so the items of a batch have similar
-    lengths and a padded batch holds little padding; which mega-batch and where stays random."""
-
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1,
-                 lengths: list[int] | None = None, group: int = 0):
-        self.n, self.seed, self.shuffle, self.rank, self.world, self.epoch = n, seed, shuffle, rank, world, 0
-        if lengths is not None and len(lengths) != n:
-            raise ValueError(f"{len(lengths)} lengths for {n} items")
-        self.lengths, self.group = lengths, group
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-            if self.lengths is not None and self.group > 1:
-                order = [i for a in range(0, self.n, self.group)
-                         for i in sorted(order[a : a + self.group], key=lambda i: -self.lengths[i])]
-        else:
-            order = list(range(self.n))
-        return iter(order[self.rank :: self.world])
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
-
-
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, trainer=None, lengths: list[int] | None = None,
-                **kwargs):
-    """DataLoader with an :class:`EpochSampler` sharded over the trainer's ranks; with ``lengths``, batches are
-    grouped by length within mega-batches of 50 batches (less padding, same items per epoch)."""
-    rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-    sampler = EpochSampler(len(dataset), seed, shuffle, rank, world, lengths, 50 * batch_size * world)
-    # A private generator: creating the loader's iterator draws a base seed, which must not consume the global RNG
-    # (dropout) at a point that differs between a resumed and an uninterrupted run.
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, **kwargs)
-
-
 def new_run_dir(cfg: RunConfig) -> Path:
     if os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
         return Path(os.environ[RUN_DIR_ENV])
@@ -333,7 +229,7 @@ def _callbacks(cfg: RunConfig, run_dir: Path) -> list:
         ),
         # Not save_last=True on the monitored callback: Lightning writes last.ckpt only when that callback saves,
         # i.e. on improvement, so last.ckpt would be the best epoch and --resume would redo epochs.
-        LastCheckpoint(run_dir / "checkpoints"),
+        last_checkpoint_callback(run_dir / "checkpoints"),
     ]
     if c.every_n_epochs > 0:
         out.append(C.ModelCheckpoint(

@@ -38,7 +38,7 @@ from modalbridge import checkpoint as ckpt
 from modalbridge.config import from_dict, to_dict
 from modalbridge.errors import UserError
 from modalbridge.registry import TASKS
-from modalbridge.training.engine import make_loader
+from modalbridge.training.batching import make_loader
 from modalbridge.training.task import BridgeModule, Task
 
 

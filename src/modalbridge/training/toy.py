@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from modalbridge.registry import MODELS, TASKS
-from modalbridge.training.engine import make_loader
+from modalbridge.training.batching import make_loader
 from modalbridge.training.task import BridgeModule, Task
 
 
