@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from modalbridge.captioning import datasets as ds
-from modalbridge.captioning.datasets import DataWarning, load, parse_spec
+from modalbridge.captioning import openclipart
+from modalbridge.captioning.datasets import load, parse_spec
+from modalbridge.captioning.records import DataWarning
 from modalbridge.errors import UserError
 
 
@@ -222,7 +223,7 @@ def test_parse_spec_forms(tmp_path):
     assert s.images == Path("/data/coco/images")
     assert parse_spec("coco-karpathy:data/coco/dataset_coco.json").kind == "karpathy"
     assert parse_spec("karpathy:x.json").images is None
-    assert parse_spec("openclipart").source == [ds.OPENCLIPART_ROOT]
+    assert parse_spec("openclipart").source == [openclipart.OPENCLIPART_ROOT]
     assert parse_spec(f"folder:{tmp_path}").source == [tmp_path]
     with pytest.raises(UserError, match="unknown dataset kind 'cocoo'"):
         parse_spec("cocoo:x.json")
@@ -277,7 +278,7 @@ def test_openclipart_layout_fixture(tmp_path):
     shutil.copy(root / "png" / "animals" / "mammals" / "dogs" / "poodle.png",
                 root / "png" / "animals" / "mammals" / "dogs" / "white_poodle.png")
     with pytest.warns(DataWarning, match="3 of 6 drawings skipped.*1 byte-identical duplicates merged"):
-        recs = ds.load_openclipart(root, max_title_repeats=1)
+        recs = openclipart.load_openclipart(root, max_title_repeats=1)
     by_id = {r.image_id: r for r in recs}
     assert set(by_id) == {"animals/mammals/dogs/beagle_copper_ganson", "animals/mammals/dogs/poodle"}
     assert by_id["animals/mammals/dogs/beagle_copper_ganson"].captions == ["Copper the Beagle"]  # same desc dropped
@@ -288,13 +289,13 @@ def test_openclipart_layout_fixture(tmp_path):
     assert sorted(poodle.meta["categories"]) == ["animals", "animals/mammals/dogs"]
     assert poodle.path.suffix == ".png" and poodle.split in ("train", "val", "test")
     assert by_id["animals/mammals/dogs/beagle_copper_ganson"].path.suffix == ".svg"  # no PNG rendered for it
-    md = ds.svg_metadata(dogs / "beagle_copper_ganson.svg")
+    md = openclipart.svg_metadata(dogs / "beagle_copper_ganson.svg")
     assert md["title"] == "Copper the Beagle"  # not the publisher's or creator's dc:title
-    assert ds.openclipart_split("animals/poodle.svg") == ds.openclipart_split("animals/poodle.svg")
+    assert openclipart.openclipart_split("animals/poodle.svg") == openclipart.openclipart_split("animals/poodle.svg")
 
 
-@pytest.mark.skipif(not (ds.OPENCLIPART_ROOT / "svg").is_dir(), reason="Debian openclipart-svg not installed")
+@pytest.mark.skipif(not (openclipart.OPENCLIPART_ROOT / "svg").is_dir(), reason="Debian openclipart-svg not installed")
 def test_openclipart_real_package_subset():
-    recs = ds.load_openclipart(subdir="animals/mammals/dogs", prefer="svg")
+    recs = openclipart.load_openclipart(subdir="animals/mammals/dogs", prefer="svg")
     titles = {r.captions[0] for r in recs}
     assert "Copper the Beagle" in titles and all(r.path.is_file() for r in recs)

@@ -362,7 +362,7 @@ def evaluate(
     """Caption every record's image and score against its references with the COCO metrics.
 
     Args:
-        records: :class:`~modalbridge.captioning.datasets.CaptionRecord` items (``image_id``, ``path``, ``captions``).
+        records: :class:`~modalbridge.captioning.records.CaptionRecord` items (``image_id``, ``path``, ``captions``).
         meteor: include METEOR (starts a JVM).
         beam, length_penalty, top_p, temperature: decoding, as in :meth:`Captioner.caption`.
 
