@@ -27,7 +27,7 @@ import tempfile
 import torch
 from common import interleave, loadavg, report, speedups, spread, summary  # bench/common.py
 
-from modalbridge.captioning import clipcap, decoding
+from modalbridge.captioning import decoding, lm
 from modalbridge.captioning.clipcap import ClipCap, RecomputingClipCap
 from modalbridge.captioning.sat import IGNORE
 from modalbridge.training.batching import EpochSampler
@@ -48,15 +48,15 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    directory, gguf = clipcap.lm_location("smollm2")
+    directory, gguf = lm.lm_location("smollm2")
     before = loadavg()
 
     # 1) loading: GGUF dequantization at every load vs the cached float copy
     os.environ["MODALBRIDGE_CACHE"] = tempfile.mkdtemp(prefix="mb-bench-clipcap-")
-    clipcap.load_lm("smollm2")  # writes the cached copy once (not timed)
+    lm.load_lm("smollm2")  # writes the cached copy once (not timed)
     load_t, _ = interleave({
         "GGUF every load": lambda: AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf),
-        "cached safetensors": lambda: clipcap.load_lm("smollm2"),
+        "cached safetensors": lambda: lm.load_lm("smollm2"),
     }, args.reps)
 
     # 2) training steps: before vs after at one shape, and the CPU config

@@ -10,7 +10,8 @@ from tiny import LM_WORDS as WORDS
 from tiny import build_tiny_lm
 
 from modalbridge import checkpoint
-from modalbridge.captioning.clipcap import ClipCap, RecomputingClipCap, lm_location
+from modalbridge.captioning.clipcap import ClipCap, RecomputingClipCap
+from modalbridge.captioning.lm import lm_location
 from modalbridge.captioning.sat import IGNORE
 from modalbridge.errors import UserError
 
@@ -189,7 +190,7 @@ def test_gguf_is_dequantized_once_into_the_cache(lms, tmp_path, monkeypatch, cap
     rebuilt when the file changes. The reader is replaced by the tiny LM here (no tiny GGUF writer offline)."""
     import transformers
 
-    from modalbridge.captioning import clipcap
+    from modalbridge.captioning import lm as lm_loader
 
     monkeypatch.setenv("MODALBRIDGE_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "lm"
@@ -208,14 +209,14 @@ def test_gguf_is_dequantized_once_into_the_cache(lms, tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake(real_model))
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake(real_tok))
-    lm, tok = clipcap.load_lm(str(src))
-    cached = clipcap.dequantized_dir(src / "tiny.Q4_1.gguf")
+    lm, tok = lm_loader.load_lm(str(src))
+    cached = lm_loader.dequantized_dir(src / "tiny.Q4_1.gguf")
     assert (cached / "model.safetensors").is_file() and (cached / "config.json").is_file()
     assert "dequantizing tiny.Q4_1.gguf once" in capsys.readouterr().err
-    lm2, _ = clipcap.load_lm(str(src))
+    lm2, _ = lm_loader.load_lm(str(src))
     assert len(calls) == 2  # model + tokenizer, the first time only
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
         torch.testing.assert_close(lm2(ids).logits, lm(ids).logits)
     (src / "tiny.Q4_1.gguf").write_bytes(b"GGUF" + b"\1" * 70)  # a new file: a new copy
-    assert clipcap.dequantized_dir(src / "tiny.Q4_1.gguf") != cached
+    assert lm_loader.dequantized_dir(src / "tiny.Q4_1.gguf") != cached

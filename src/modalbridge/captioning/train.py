@@ -325,7 +325,8 @@ class CaptionTask(Task):
         derived = {"feature_dim": enc["feature_dim"], "num_positions": enc["num_positions"],
                    "encoder": enc["encoder"], "encoder_kind": enc["encoder_kind"]}
         if cls.model_type == "clipcap":
-            from modalbridge.captioning.clipcap import ClipCap, ClipCapConfig, load_lm, special_ids
+            from modalbridge.captioning.clipcap import ClipCap, ClipCapConfig
+            from modalbridge.captioning.lm import load_lm, special_ids
 
             lm, tok = load_lm(params.get("lm", ClipCapConfig.lm))
             bos, eos, pad = special_ids(tok)
