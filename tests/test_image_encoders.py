@@ -10,6 +10,7 @@ from PIL import Image
 
 from modalbridge.errors import UserError
 from modalbridge.vision import encoders as E
+from modalbridge.vision.preprocess import Preprocess
 
 
 def _image(w: int = 53, h: int = 41, seed: int = 0) -> Image.Image:
@@ -125,12 +126,12 @@ def test_unknown_encoders_are_user_errors(tmp_path):
 
 
 def test_preprocess_shortest_edge_and_crop():
-    p = E.Preprocess(resize=20, crop=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    p = Preprocess(resize=20, crop=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     white = Image.new("RGB", (80, 40), (255, 255, 255))
     x = p([white])
     assert x.shape == (1, 3, 16, 16) and p.size == (16, 16)
     torch.testing.assert_close(x, torch.ones_like(x))
-    assert E.Preprocess(resize=(24, 12), crop=None, mean=(0, 0, 0), std=(1, 1, 1))([white]).shape == (1, 3, 24, 12)
+    assert Preprocess(resize=(24, 12), crop=None, mean=(0, 0, 0), std=(1, 1, 1))([white]).shape == (1, 3, 24, 12)
 
 
 def test_efficientnet_lite0_real_weights_deterministic():

@@ -143,8 +143,8 @@ def test_extreme_aspect_ratio_is_centre_cropped_before_resizing(tmp_path, size):
     import numpy as np
     from PIL import Image
 
-    from modalbridge.vision.encoders import Preprocess
     from modalbridge.vision.io import load_image
+    from modalbridge.vision.preprocess import Preprocess
 
     w, h = size
     a = np.zeros((h, w, 3), np.uint8)  # black ends, a green middle wider than the 4:1 window that is kept
