@@ -78,7 +78,7 @@ def test_per_token_words_align_to_word_pieces(model_dir):
     expected = class_embedding(
         pipe.classifier.sharpen(pipe.classifier.model.class_scores(out)), pipe.table)
     z = truncated_noise(1, 128, P.DEFAULT_TRUNCATION, 2)
-    img = P.to_pil(pipe.generator(z, expected, P.DEFAULT_TRUNCATION))[0]
+    img = render.to_pil(pipe.generator(z, expected, P.DEFAULT_TRUNCATION))[0]
     assert render.png_bytes(img) == render.png_bytes(frames[1][1])
 
 

@@ -14,17 +14,14 @@ from torch import nn
 from modalbridge import assets, checkpoint
 from modalbridge.generators import load_generator
 from modalbridge.training import engine
-from modalbridge.training.gan import (
+from modalbridge.training.discriminator import (
     DiscriminatorConfig,
-    GANTask,
     ProjectionDiscriminator,
     d_hinge_loss,
     diff_augment,
-    ema_update,
     g_hinge_loss,
-    sample,
-    save_grid,
 )
+from modalbridge.training.gan import GANTask, ema_update, sample, save_grid
 
 
 def tiny_d(resolution: int = 32) -> ProjectionDiscriminator:

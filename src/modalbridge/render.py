@@ -21,6 +21,12 @@ from modalbridge.errors import UserError
 from modalbridge.files import atomic_write_bytes
 
 
+def to_pil(images: torch.Tensor) -> list:
+    """(N, C, H, W) in [-1, 1] -> N PIL images (L for one channel, RGB for three)."""
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
+    return [Image.fromarray(a[..., 0], "L") if a.shape[-1] == 1 else Image.fromarray(a, "RGB") for a in x]
+
+
 def png_bytes(image: Image.Image, **options) -> bytes:
     """The image as PNG file bytes (``options`` go to Pillow's PNG writer, e.g. ``compress_level``)."""
     buf = io.BytesIO()

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from modalbridge.errors import UserError
+from modalbridge.render import to_pil
 from modalbridge.t2i.classify import DEFAULT_MODEL, MAX_OBJECTS, TextClassifier, clean_text, load_classifier
 from modalbridge.t2i.resolver import class_embedding
 
@@ -48,14 +49,6 @@ MAX_SEED = 2**63 - 1
 def text_seed(text: str) -> int:
     """A seed derived from the text: the same text draws the same images."""
     return int.from_bytes(hashlib.sha256(text.encode("utf-8", "replace")).digest()[:4], "big") & 0x7FFFFFFF
-
-
-def to_pil(images: torch.Tensor) -> list:
-    """(N, C, H, W) in [-1, 1] -> N PIL images (L for one channel, RGB for three)."""
-    from PIL import Image
-
-    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
-    return [Image.fromarray(a[..., 0], "L") if a.shape[-1] == 1 else Image.fromarray(a, "RGB") for a in x]
 
 
 @dataclass
