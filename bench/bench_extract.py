@@ -32,11 +32,11 @@ def clock(fn):
 
 
 def part1(n: int, batch_size: int, reps: int) -> dict:
-    from modalbridge.t2i import sentences, vocabulary
+    from modalbridge.t2i import sentences, vocabularies
     from modalbridge.text import load_text_encoder
 
     tmp = Path(tempfile.mkdtemp(prefix="mb-bench-extract-"))
-    sentences.prepare(vocabulary.fashion(), tmp / "s", n=n, seed=1)
+    sentences.prepare(vocabularies.fashion(), tmp / "s", n=n, seed=1)
     texts = [r["text"] for r in sentences.load_sentences(tmp / "s")][:n]
     enc = load_text_encoder("minilm")
     enc.encode(texts[:8])  # warm-up
@@ -90,7 +90,7 @@ def generator_spec(tmp: Path) -> str:
 
 def part2(n: int, epochs: int, batch_size: int) -> dict:
     from modalbridge.registry import load_builtins
-    from modalbridge.t2i import features, sentences, vocabulary
+    from modalbridge.t2i import features, sentences, vocabularies
     from modalbridge.training import engine
 
     load_builtins()
@@ -99,7 +99,7 @@ def part2(n: int, epochs: int, batch_size: int) -> dict:
     print(f"part 2: {n} sentences, prepare -> extract (MiniLM) -> train ({epochs} epoch(s)), "
           f"torch threads {torch.get_num_threads()}")
     stages = {}
-    _, *stages["prepare"] = clock(lambda: sentences.prepare(vocabulary.fashion(), tmp / "s", n=n, seed=0))
+    _, *stages["prepare"] = clock(lambda: sentences.prepare(vocabularies.fashion(), tmp / "s", n=n, seed=0))
     _, *stages["extract"] = clock(lambda: features.extract(tmp / "s", "minilm", batch_size=batch_size))
     cfg = engine.resolve_config(ROOT / "configs/t2i/fashion_minilm.yaml", [
         f"data.sentences={tmp / 's'}", f"data.generator={gen}", f"trainer.max_epochs={epochs}",

@@ -31,10 +31,10 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/mb-bench-prepare")
     args = ap.parse_args()
     clock: dict[str, tuple[float, float]] = {}
-    from modalbridge.t2i import sentences, vocabulary, wordnet
+    from modalbridge.t2i import sentences, vocabularies, wordnet
 
     stage("wordnet", wordnet.reader, clock)
-    vocab = stage("vocabulary", lambda: vocabulary.resolve(args.vocab), clock)
+    vocab = stage("vocabulary", lambda: vocabularies.resolve(args.vocab), clock)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     meta = stage("sentences", lambda: sentences.prepare(vocab, out, n=args.n, seed=0), clock)

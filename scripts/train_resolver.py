@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from modalbridge import checkpoint as ckpt
     from modalbridge.t2i import features, sentences
     from modalbridge.t2i import resolver_train as R
-    from modalbridge.t2i.vocabulary import imagenet1k
+    from modalbridge.t2i.vocabularies import imagenet1k
     from modalbridge.text.encoders import load_text_encoder
 
     start = time.perf_counter()

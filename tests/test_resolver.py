@@ -18,7 +18,7 @@ from modalbridge.t2i import pipeline as P
 from modalbridge.t2i import resolver_train as R
 from modalbridge.t2i.classify import TextClassifier, load_classifier, related_classes
 from modalbridge.t2i.resolver import ClassResolver, ResolverConfig, class_embedding, keep_classes
-from modalbridge.t2i.vocabulary import fashion, imagenet1k
+from modalbridge.t2i.vocabularies import fashion, imagenet1k
 from modalbridge.text.encoders import load_text_encoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

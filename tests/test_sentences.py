@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from modalbridge.cli import app
 from modalbridge.errors import UserError
-from modalbridge.t2i import inflect, sentences, templates, vocabulary
+from modalbridge.t2i import inflect, sentences, templates, vocabularies, vocabulary
 from modalbridge.t2i.sentences import SentenceConfig, generate
 from modalbridge.t2i.templates import TEMPLATES
 from modalbridge.t2i.vocabulary import key
@@ -22,13 +22,13 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def imagenet():
-    return vocabulary.imagenet1k()
+    return vocabularies.imagenet1k()
 
 
 @pytest.fixture(scope="module")
 def fashion_json(tmp_path_factory):
     """The Fashion vocabulary as a saved JSON: sentence generation from it needs no WordNet."""
-    return vocabulary.fashion().save(tmp_path_factory.mktemp("vocab") / "fashion.json")
+    return vocabularies.fashion().save(tmp_path_factory.mktemp("vocab") / "fashion.json")
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +47,11 @@ def test_templates_cover_the_grammar():
     assert kinds == {"single", "plural", "disamb", "pair", "gloss"}
     assert [t.id for t in TEMPLATES] == list(range(len(TEMPLATES)))
     # fillers never name a class themselves (a stray class word would corrupt the target)
-    fashion = vocabulary.fashion()
+    fashion = vocabularies.fashion()
     fillers = [*templates.SUBJECTS, *templates.STYLES, *templates.GENERIC_ADJ, *templates.GENERIC_PLACE,
                *templates.GENERIC_VERB, *(w for table in (templates.ADJECTIVES, templates.PLACES, templates.VERBS)
                                           for words in table.values() for w in words)]
-    for v in (vocabulary.imagenet1k(), fashion):
+    for v in (vocabularies.imagenet1k(), fashion):
         assert [f for f in fillers if v.find(f)] == []
 
 
@@ -102,7 +102,7 @@ def test_plural_templates_inflect(imagenet_rows):
     for r in plural_rows:
         assert _contains(r["text"], inflect.plural(r["lemma"])), r
         assert not inflect.is_uncountable(r["lemma"])  # mass nouns get no plural template
-    wolves = generate(vocabulary.from_wnids(["n02114367", "n02119789"]), n=300, seed=0)[0]  # timber wolf, kit fox
+    wolves = generate(vocabularies.from_wnids(["n02114367", "n02119789"]), n=300, seed=0)[0]  # timber wolf, kit fox
     texts = " ".join(r["text"] for r in wolves if r["template"] in plural_ids)
     assert "wolves" in texts and "wolfs" not in texts and "foxes" in texts
 

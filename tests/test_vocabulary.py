@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modalbridge.errors import UserError
-from modalbridge.t2i import inflect, vocabulary, wordnet
+from modalbridge.t2i import inflect, vocabularies, vocabulary, wordnet
 from modalbridge.vision.fashion_mnist import CLASSES as FASHION_CLASSES
 
 MAN_PAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
@@ -16,12 +16,12 @@ MAN_PAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
 
 @pytest.fixture(scope="module")
 def imagenet():
-    return vocabulary.imagenet1k()
+    return vocabularies.imagenet1k()
 
 
 @pytest.fixture(scope="module")
 def fashion():
-    return vocabulary.fashion()
+    return vocabularies.fashion()
 
 
 def test_lexnames_match_the_man_page():
@@ -52,7 +52,7 @@ def test_missing_wordnet_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_all_imagenet_wnids_resolve_in_biggan_order(imagenet):
-    wnids = vocabulary.IMAGENET_WNIDS.read_text().split()
+    wnids = vocabularies.IMAGENET_WNIDS.read_text().split()
     assert len(imagenet) == 1000 and imagenet.wnids == wnids
     assert len(set(wnids)) == 1000 and all(re.fullmatch(r"n\d{8}", w) for w in wnids)
     for i, c in enumerate(imagenet):
@@ -126,7 +126,7 @@ def test_json_round_trip_and_bad_files(tmp_path, fashion, imagenet):
     path = fashion.save(tmp_path / "fashion.json")
     back = vocabulary.load(path)
     assert back.to_dict() == fashion.to_dict() and back.word_to_classes == fashion.word_to_classes
-    assert vocabulary.resolve(path).labels == fashion.labels
+    assert vocabularies.resolve(path).labels == fashion.labels
     big = vocabulary.Vocabulary.from_dict(json.loads(imagenet.to_json()))
     assert big.word_to_classes == imagenet.word_to_classes and big.hypernym_to_classes == imagenet.hypernym_to_classes
     (tmp_path / "bad.json").write_text("{nope")
@@ -136,7 +136,7 @@ def test_json_round_trip_and_bad_files(tmp_path, fashion, imagenet):
         with pytest.raises(UserError, match=msg):
             vocabulary.load(bad)
     with pytest.raises(UserError, match="did you mean 'fashion'"):
-        vocabulary.resolve("fashoin")
+        vocabularies.resolve("fashoin")
     data = fashion.to_dict()
     data["classes"][1]["index"] = 5
     with pytest.raises(UserError, match="index 5, expected 1"):
@@ -145,15 +145,15 @@ def test_json_round_trip_and_bad_files(tmp_path, fashion, imagenet):
 
 def test_from_names_and_wnid_lists(tmp_path):
     (tmp_path / "mine.json").write_text(json.dumps(["crane.n.04", "golden retriever", "n01440764"]))
-    v = vocabulary.resolve(tmp_path / "mine.json")
+    v = vocabularies.resolve(tmp_path / "mine.json")
     assert v.wnids == ["n03126707", "n02099601", "n01440764"]  # crane.n.04 is the machine
     assert v.labels == ["crane", "golden retriever", "tench"] and v[0].category == "artifact"
     assert v.classes_for("crane") == (0,)  # one crane in this vocabulary: not ambiguous
     (tmp_path / "bad.txt").write_text("golden retriever\nflurbleglorp\n")
     with pytest.raises(UserError, match="'flurbleglorp' is not a WordNet noun"):
-        vocabulary.resolve(tmp_path / "bad.txt")
+        vocabularies.resolve(tmp_path / "bad.txt")
     with pytest.raises(UserError, match="not found in WordNet"):
-        vocabulary.from_wnids(["n99999999"])
+        vocabularies.from_wnids(["n99999999"])
 
 
 @pytest.mark.parametrize("word,plural", [
@@ -183,7 +183,7 @@ def test_vocabulary_is_the_same_in_every_process():
     import subprocess
     import sys
 
-    code = ("import hashlib, json; from modalbridge.t2i import vocabulary as v; "
+    code = ("import hashlib, json; from modalbridge.t2i import vocabularies as v; "
             "print(hashlib.sha256(json.dumps(v.imagenet1k().to_dict(), sort_keys=True).encode()).hexdigest())")
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}

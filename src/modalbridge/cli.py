@@ -134,7 +134,7 @@ def prepare_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same files.")] = 0,
 ):
     """Build the text -> class training sentences: templates, synonyms, hypernyms, glosses, mined captions."""
-    from modalbridge.t2i import sentence_files, sentences, vocabulary
+    from modalbridge.t2i import sentence_files, sentences, vocabularies
 
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
@@ -142,7 +142,7 @@ def prepare_cmd(
     for f in captions or []:
         if not f.is_file():  # fail before WordNet loads; the format is checked before any sentence is made
             raise UserError(f"captions file not found: {f}")
-    meta = sentences.prepare(vocabulary.resolve(vocab), out, n=n, seed=seed, captions=captions or [])
+    meta = sentences.prepare(vocabularies.resolve(vocab), out, n=n, seed=seed, captions=captions or [])
     counts = meta["counts"]
     typer.echo(f"{meta['n_total']} sentences over {meta['n_classes']} classes -> {out}")
     typer.echo("splits:  " + ", ".join(f"{k} {v}" for k, v in counts["split"].items()))
