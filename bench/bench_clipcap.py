@@ -29,7 +29,7 @@ from common import interleave, loadavg, report, speedups, spread, summary  # ben
 
 from modalbridge.captioning import decoding, lm
 from modalbridge.captioning.clipcap import ClipCap, RecomputingClipCap
-from modalbridge.captioning.sat import IGNORE
+from modalbridge.captioning.decoder import IGNORE
 from modalbridge.training.batching import EpochSampler
 
 

@@ -11,8 +11,8 @@ from tiny import build_tiny_lm
 
 from modalbridge import checkpoint
 from modalbridge.captioning.clipcap import ClipCap, RecomputingClipCap
+from modalbridge.captioning.decoder import IGNORE
 from modalbridge.captioning.lm import lm_location
-from modalbridge.captioning.sat import IGNORE
 from modalbridge.errors import UserError
 
 

@@ -11,7 +11,7 @@ from tiny import MODEL_BUILDERS, build_t2i_mapper, caption_batch
 
 from modalbridge import checkpoint
 from modalbridge.captioning import decoding
-from modalbridge.captioning.sat import DECODERS
+from modalbridge.captioning.decoder import DECODERS
 from modalbridge.registry import MODELS, load_builtins
 from modalbridge.t2i.mapper import MAPPERS
 

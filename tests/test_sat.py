@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from modalbridge import checkpoint
-from modalbridge.captioning.sat import IGNORE, SATConfig, ShowAttendTell, ShowTell
+from modalbridge.captioning.decoder import IGNORE
+from modalbridge.captioning.sat import SATConfig, ShowAttendTell, ShowTell
 
 B, T, P, C, V = 3, 6, 4, 16, 99
 

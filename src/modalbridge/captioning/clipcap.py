@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from modalbridge.captioning.decoder import DECODERS, IGNORE, CaptionDecoder, CaptionOutput
 from modalbridge.captioning.lm import load_lm, special_ids
-from modalbridge.captioning.sat import DECODERS, IGNORE, CaptionDecoder, CaptionOutput
 from modalbridge.errors import UserError
 from modalbridge.registry import MODELS
 

@@ -16,7 +16,7 @@
 6. export ``run_dir/model``: ``config.json`` (decoder config incl. encoder and LM names and dims),
    ``model.safetensors``, ``vocab.json``, ``metrics.json`` (which epoch each number is from: ``CaptionTask.export``).
 
-Which decoder: ``model.arch`` names an entry of :data:`~modalbridge.captioning.sat.DECODERS`; ``model.params`` are
+Which decoder: ``model.arch`` names an entry of :data:`~modalbridge.captioning.decoder.DECODERS`; ``model.params`` are
 fields of its config class (dims, dropout, ``lm`` for ClipCap, ...). Fields that follow from the data (vocabulary
 size, feature dims, encoder, special ids) are filled in here.
 """
@@ -32,7 +32,7 @@ import lightning.pytorch as pl
 import torch
 
 from modalbridge import checkpoint as ckpt
-from modalbridge.captioning.sat import DECODERS, IGNORE
+from modalbridge.captioning.decoder import DECODERS, IGNORE
 from modalbridge.config import from_dict
 from modalbridge.errors import UserError
 from modalbridge.registry import TASKS
