@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from modalbridge.captioning.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocab, detokenize, tokenize
+from modalbridge.captioning.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocab
 from modalbridge.errors import UserError
+from modalbridge.words import detokenize, tokenize
 
 
 def test_tokenize_any_script():

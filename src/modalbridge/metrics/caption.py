@@ -19,7 +19,7 @@ Deviations from calling pycocoevalcap by hand, each one only where the reference
   * ``|||`` (METEOR's field separator) is removed from references too, not just from hypotheses.
 
 Other languages (``lang != "en"``): the PTB tokenizer drops or mangles non-ASCII text (emoji vanish, quotes turn into
-`````), so captions are tokenized with :func:`modalbridge.captioning.vocab.tokenize` (lower-case, punctuation dropped,
+`````), so captions are tokenized with :func:`modalbridge.words.tokenize` (lower-case, punctuation dropped,
 any script). BLEU/ROUGE-L/CIDEr are then language-independent n-gram statistics. METEOR is reported only for
 English: pycocoevalcap ships only the English paraphrase table and function-word list needed for the published
 METEOR configuration, so for other languages ``"METEOR"`` is ``None`` and a warning says why.
@@ -96,8 +96,8 @@ def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
 
 
 def unicode_tokenize(sentences: Sequence[str]) -> list[str]:
-    """Lower-cased words of any script, punctuation dropped (see ``captioning.vocab.tokenize``)."""
-    from modalbridge.captioning.vocab import tokenize
+    """Lower-cased words of any script, punctuation dropped (see :func:`modalbridge.words.tokenize`)."""
+    from modalbridge.words import tokenize
 
     return [" ".join(tokenize(s, lower=True, punct=False)) for s in sentences]
 
