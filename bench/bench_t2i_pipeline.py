@@ -37,11 +37,11 @@ def main() -> None:
     args = ap.parse_args()
     from modalbridge import threads
     from modalbridge.generators.biggan import truncated_noise
-    from modalbridge.t2i.pipeline import load_pipeline
+    from modalbridge.t2i.pipeline import load_drawer
 
     threads.configure(args.threads)
     t0 = time.perf_counter()
-    pipe = load_pipeline(args.model)
+    pipe = load_drawer(args.model)
     load_s = time.perf_counter() - t0
     for t in TEXTS:
         pipe.draw(t, n=4, seed=0, split_objects=False)  # warm-up

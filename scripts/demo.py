@@ -69,7 +69,7 @@ def t2i_demo(out: Path) -> None:
         return
     t0 = time.perf_counter()
     try:
-        pipe = t2i.load_pipeline(None)  # the embedded default
+        pipe = t2i.load_drawer(None)  # the embedded default
     except UserError as e:  # e.g. the default text -> image model is not shipped in this install yet
         print(f"  skipped: the default text -> image model is not available ({e})")
         return

@@ -50,9 +50,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from modalbridge.generators import load_generator
-    from modalbridge.t2i.pipeline import load_pipeline
+    from modalbridge.t2i.pipeline import load_drawer
 
-    pipe = load_pipeline(None)
+    pipe = load_drawer(None)
     if args.generator:
         g = load_generator(args.generator).eval().requires_grad_(False)
         if not torch.equal(g.class_embeddings.detach().float(), pipe.table):

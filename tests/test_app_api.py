@@ -44,7 +44,7 @@ def _build_tiny(tmp_dir: Path):
     from modalbridge.captioning.vocab import Vocab
     from modalbridge.generators.biggan import BigGAN, BigGANConfig
     from modalbridge.t2i.mapper import MapperConfig, T2IMapper
-    from modalbridge.t2i.pipeline import load_pipeline
+    from modalbridge.t2i.pipeline import load_drawer
     from modalbridge.t2i.vocabulary import VocabClass, Vocabulary
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "the", "red", "blue", "on", "and", *LABELS]
@@ -71,7 +71,7 @@ def _build_tiny(tmp_dir: Path):
                                        hidden_dim=32, attention_dim=32, dropout=0.0, max_len=6,
                                        encoder=str(image_dir), encoder_kind="resnet"))
     checkpoint.save(decoder, tmp_dir / "captioner", vocab=vocab.to_dict())
-    return load_pipeline(tmp_dir / "t2i"), load_captioner(tmp_dir / "captioner")
+    return load_drawer(tmp_dir / "t2i"), load_captioner(tmp_dir / "captioner")
 
 
 def png_bytes(size=(40, 30), color=(200, 30, 30)) -> bytes:

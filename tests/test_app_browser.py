@@ -50,7 +50,7 @@ class Recording:
 def served(pipelines):
     limits = srv.Limits(max_images=4, max_beam=5)
 
-    def loader(model, generator):  # stands in for load_pipeline: t2i-imagenet needs a generator
+    def loader(model, generator):  # stands in for load_drawer: t2i-imagenet needs a generator
         if generator is None:
             raise UserError(f"the resolver in {model} has no generator of its own; pass --generator ...")
         return pipelines[0]

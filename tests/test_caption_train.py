@@ -271,7 +271,7 @@ def test_load_captioner_is_loaded_once_until_its_directory_changes(trained, tmp_
     model_dir = tmp_path / "m"
     shutil.copytree(trained[0] / "model", model_dir)
     first = load_captioner(model_dir)
-    assert load_captioner(str(model_dir)) is first  # once per process, like load_pipeline
+    assert load_captioner(str(model_dir)) is first  # once per process, like load_drawer
     (model_dir / "metrics.json").write_text('{"val/CIDEr": 9.0}')  # the directory was saved again
     again = load_captioner(model_dir)
     assert again is not first and again.metrics == {"val/CIDEr": 9.0}

@@ -7,6 +7,12 @@ from modalbridge import config
 from modalbridge.errors import UserError
 
 
+def load(cls, yaml_path=None, overrides=None):
+    """Defaults <- YAML <- overrides, from the public pieces (what engine.resolve_config does for a RunConfig)."""
+    data = config.read_yaml(yaml_path) if yaml_path is not None else {}
+    return config.from_dict(cls, config.merge(data, config.parse_overrides(overrides or [])))
+
+
 @dataclass
 class Inner:
     lr: float = 1e-3
@@ -24,27 +30,27 @@ class Outer:
 def test_layering_defaults_yaml_overrides(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("seed: 3\ninner:\n  lr: 0.5\n  layers: [4, 5, 6]\n")
-    cfg = config.load(Outer, y, ["inner.lr=0.25", "flag=true"])
+    cfg = load(Outer, y, ["inner.lr=0.25", "flag=true"])
     assert cfg.seed == 3  # YAML over default
     assert cfg.inner.lr == 0.25  # override over YAML
     assert cfg.inner.layers == [4, 5, 6]
     assert cfg.flag is True
-    assert config.load(Outer).inner.lr == 1e-3  # defaults alone
+    assert load(Outer).inner.lr == 1e-3  # defaults alone
 
 
 def test_int_is_accepted_for_float_and_optional_str():
-    cfg = config.load(Outer, None, ["inner.lr=1", "inner.name=bert"])
+    cfg = load(Outer, None, ["inner.lr=1", "inner.name=bert"])
     assert cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float)
     assert cfg.inner.name == "bert"
 
 
 def test_unknown_key_names_key_and_closest(tmp_path):
     with pytest.raises(UserError, match=r"unknown config key 'inner.lrr'.*did you mean 'lr'"):
-        config.load(Outer, None, ["inner.lrr=1"])
+        load(Outer, None, ["inner.lrr=1"])
     y = tmp_path / "c.yaml"
     y.write_text("sed: 1\n")
     with pytest.raises(UserError, match=r"'sed'.*'seed'"):
-        config.load(Outer, y)
+        load(Outer, y)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +59,7 @@ def test_unknown_key_names_key_and_closest(tmp_path):
 )
 def test_wrong_type_names_key(override, key):
     with pytest.raises(UserError, match=f"'{key}'"):
-        config.load(Outer, None, [override])
+        load(Outer, None, [override])
 
 
 def test_bad_override_syntax_and_bad_yaml(tmp_path):
@@ -62,15 +68,15 @@ def test_bad_override_syntax_and_bad_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1, 2\n")
     with pytest.raises(UserError, match="not valid YAML"):
-        config.load(Outer, bad)
+        load(Outer, bad)
     with pytest.raises(UserError, match="not found"):
-        config.load(Outer, tmp_path / "missing.yaml")
+        load(Outer, tmp_path / "missing.yaml")
 
 
 def test_save_yaml_round_trip(tmp_path):
-    cfg = config.load(Outer, None, ["inner.layers=[9]", "seed=5"])
+    cfg = load(Outer, None, ["inner.layers=[9]", "seed=5"])
     config.save_yaml(cfg, tmp_path / "resolved.yaml")
-    again = config.load(Outer, tmp_path / "resolved.yaml")
+    again = load(Outer, tmp_path / "resolved.yaml")
     assert again == cfg
     assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
 

@@ -30,8 +30,8 @@ def draw(*args: str):
 
 
 def test_library_draw(model_dir):
-    pipe = P.load_pipeline(str(model_dir))
-    assert P.load_pipeline(str(model_dir)) is pipe  # loaded once per process
+    pipe = P.load_drawer(str(model_dir))
+    assert P.load_drawer(str(model_dir)) is pipe  # loaded once per process
     d = pipe.draw("a red\x00 dress\u200b ", n=3, seed=5, truncation=0.4)
     assert d.text == "a red dress" and d.seed == 5 and len(d.images) == 3
     assert d.images[0].size == (8, 8) and d.images[0].mode == "RGB"  # a gray generator's channel, repeated
@@ -51,7 +51,7 @@ def test_library_draw(model_dir):
 
 
 def test_several_objects_get_their_own_images(model_dir):
-    pipe = P.load_pipeline(str(model_dir))
+    pipe = P.load_drawer(str(model_dir))
     assert pipe.objects("an elephant and a bus") == ["an elephant", "a bus"]
     assert pipe.objects("a photo of a dress, a purse and two elephants") == ["a photo of a dress", "a purse",
                                                                            "two elephants"]
@@ -67,7 +67,7 @@ def test_several_objects_get_their_own_images(model_dir):
 
 
 def test_per_token_words_align_to_word_pieces(model_dir):
-    pipe = P.load_pipeline(str(model_dir))
+    pipe = P.load_drawer(str(model_dir))
     frames = pipe.per_token("the xyz dresses", seed=2)
     assert [w for w, _, _ in frames] == ["the", "xyz", "dresses"]  # "xyz" is three word pieces, one word
     enc = pipe.encoder.encode("the xyz dresses")
@@ -181,13 +181,13 @@ def test_shipped_default_draws_what_the_text_names():
     classifier (trained on real images only, scripts/train_fashion_classifier.py) recognises as the class named."""
     import numpy as np
 
-    from modalbridge.t2i.pipeline import load_pipeline
+    from modalbridge.t2i.pipeline import load_drawer
     from modalbridge.vision.classifier import load_classifier
 
     prompts = {"a woman in a red dress": 3, "white running sneakers": 7, "a leather handbag": 8, "a pair of jeans": 1,
                "a warm winter parka": 4, "flip-flops on the beach": 5, "a cosy jumper": 2, "a black tee": 0,
                "ankle boots with a heel": 9}
-    pipe = load_pipeline(None)
+    pipe = load_drawer(None)
     clf = load_classifier()
     recognised = []
     for text, label in prompts.items():
@@ -201,9 +201,9 @@ def test_shipped_default_draws_what_the_text_names():
 
 def test_default_truncation_is_the_generators_own(model_dir):
     """gan-fashion records the evaluation panel's choice (0.85); a generator without one draws at BigGAN's 0.5."""
-    shipped = P.load_pipeline(None)
+    shipped = P.load_drawer(None)
     assert shipped.default_truncation == 0.85
     assert shipped.draw("a red dress", n=1, seed=0).truncation == 0.85
     assert shipped.draw("a red dress", n=1, seed=0, truncation=0.4).truncation == 0.4
-    tiny = P.load_pipeline(str(model_dir))
+    tiny = P.load_drawer(str(model_dir))
     assert tiny.default_truncation == P.DEFAULT_TRUNCATION == 0.5

@@ -83,8 +83,8 @@ def test_keep_classes_never_blends_unrelated_classes():
 
 
 def test_same_probabilities_weight_each_generators_own_table(root):
-    a = P.load_pipeline(str(root / "resolver"), str(root / "gen-a"))
-    b = P.load_pipeline(str(root / "resolver"), str(root / "gen-b"))
+    a = P.load_drawer(str(root / "resolver"), str(root / "gen-a"))
+    b = P.load_drawer(str(root / "resolver"), str(root / "gen-b"))
     assert a.classifier is b.classifier  # one resolver, two generators
     texts = ["a red dress", "two bags on a table"]
     emb_a, probs_a, _ = a.embed(texts)
@@ -138,7 +138,7 @@ def test_draw_resolver_needs_a_generator_and_fails_offline_in_one_line(root, tmp
 def test_generator_with_another_class_count_is_refused(root, tmp_path):
     make_tiny_generator(tmp_path / "gen3", num_classes=3)
     with pytest.raises(UserError, match="3 classes"):
-        P.load_pipeline(str(root / "resolver"), str(tmp_path / "gen3"))
+        P.load_drawer(str(root / "resolver"), str(tmp_path / "gen3"))
 
 
 def test_objects_split_on_generic_words():

@@ -112,7 +112,7 @@ def resolve(spec: str | os.PathLike, allow_download: bool | None = None) -> Path
 
 def resolve_model(spec: str | os.PathLike | None, default: str, what: str = "model") -> Path:
     """A model spec -> its local model directory, absolute: a directory, an embedded name, an offline package or a
-    hub id; None or "" = ``default``. Every loader (``load_classifier``, ``load_pipeline``, ``load_captioner``)
+    hub id; None or "" = ``default``. Every loader (``load_classifier``, ``load_drawer``, ``load_captioner``)
     resolves through here; ``what`` names the kind of model in errors."""
     spec = default if spec is None or not str(spec).strip() else spec
     path = resolve(spec)

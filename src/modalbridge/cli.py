@@ -223,7 +223,7 @@ def draw_cmd(
             P.check_truncation(truncation)
         if seed is not None:
             P.check_seed(seed)
-        pipe = P.load_pipeline(model, generator)
+        pipe = P.load_drawer(model, generator)
         for t in texts:
             s = P.text_seed(t) if seed is None else seed
             if per_token:

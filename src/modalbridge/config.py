@@ -160,22 +160,6 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load(cls: type[T], yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of ``cls`` <- YAML file <- ``key=value`` overrides."""
-    data = to_dict(cls()) if _all_defaulted(cls) else {}
-    if yaml_path is not None:
-        data = merge(data, read_yaml(yaml_path))
-    data = merge(data, parse_overrides(overrides or []))
-    return from_dict(cls, data)
-
-
-def _all_defaulted(cls: type) -> bool:
-    return all(
-        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        for f in dataclasses.fields(cls)
-    )
-
-
 def save_yaml(cfg: Any, path: str | Path) -> None:
     """Write a resolved config atomically."""
     from modalbridge.files import atomic_write_text

@@ -100,7 +100,7 @@ def int_field(payload: dict, key: str, default: int | None, lo: int, hi: int) ->
 
 
 def check_draw_args(payload: Any, limits: Limits) -> dict:
-    """The JSON body of /api/draw -> keyword arguments for ``Pipeline.draw`` (only those the client gave)."""
+    """The JSON body of /api/draw -> keyword arguments for ``Drawer.draw`` (only those the client gave)."""
     if not isinstance(payload, dict):
         raise ApiError(400, 'the body must be a JSON object like {"text": "a red bird", "n": 2}')
     unknown = sorted(set(payload) - {"text", "n", "seed", "truncation", "model", "generator"})
@@ -140,14 +140,14 @@ DRAW_GENERATORS = ("biggan-deep-128", "biggan-deep-256", "biggan-deep-512")  # g
 class DrawChoices:
     """Which (model, generator) pairs /api/draw and the Draw tab may ask for: the names in ``DRAW_MODELS`` and
     ``DRAW_GENERATORS`` plus what the server was started with. Never a path from the network: a client's value is
-    used only when it equals one of these names. A chosen pair is loaded on first use (``load_pipeline`` keeps a
+    used only when it equals one of these names. A chosen pair is loaded on first use (``load_drawer`` keeps a
     few loaded) inside the draw gate; a pair that cannot load (e.g. a resolver without a generator, hub weights not
     in the cache offline) is the loader's one-line ``UserError``, i.e. a 400.
     """
 
     model: str | None = None  # the server's --model-t2i (None: the default of draw)
     generator: str | None = None  # the server's --generator (None: the model's own)
-    loader: Callable[[str, str | None], Any] | None = None  # (model, generator) -> pipeline; default load_pipeline
+    loader: Callable[[str, str | None], Any] | None = None  # (model, generator) -> pipeline; default load_drawer
 
     @property
     def models(self) -> list[str]:
@@ -177,9 +177,9 @@ class DrawChoices:
     def load(self, model: str, generator: str | None) -> Any:
         if self.loader is not None:
             return self.loader(model, generator)
-        from modalbridge.t2i.pipeline import load_pipeline
+        from modalbridge.t2i.pipeline import load_drawer
 
-        return load_pipeline(model, generator)
+        return load_drawer(model, generator)
 
 
 def check_image(data: bytes, limits: Limits) -> None:
@@ -221,7 +221,7 @@ class Services:
         return float(getattr(self.drawer, "default_truncation", None) or 0.5)
 
     async def draw(self, args: dict, slideshow: bool = False) -> tuple[Any, list | None]:
-        """``Pipeline.draw(**args)`` and, with ``slideshow``, ``Pipeline.per_token`` (same seed and truncation).
+        """``Drawer.draw(**args)`` and, with ``slideshow``, ``Drawer.per_token`` (same seed and truncation).
 
         ``args`` may name a ``model`` and ``generator`` (see ``DrawChoices``); omitted, the server's own pipeline.
         """
@@ -291,6 +291,6 @@ def load_services(model_t2i: str | None = None, model_caption: str | None = None
                   generator: str | None = None) -> tuple[Any, Any]:
     """Load both pipelines once (None = the embedded offline defaults; ``generator``: for the text -> image model)."""
     from modalbridge.captioning.pipeline import load_captioner
-    from modalbridge.t2i.pipeline import load_pipeline
+    from modalbridge.t2i.pipeline import load_drawer
 
-    return load_pipeline(model_t2i, generator), load_captioner(model_caption)
+    return load_drawer(model_t2i, generator), load_captioner(model_caption)

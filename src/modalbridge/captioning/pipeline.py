@@ -297,7 +297,7 @@ class Captioner:
 
 def load_captioner(spec: str | Path | None = None, device: str | torch.device = "cpu") -> Captioner:
     """Load a captioning model directory (path, embedded name, or None for ``caption-fashion``) and its encoder,
-    once per process, directory and device (like ``load_pipeline``); a directory whose files changed since is
+    once per process, directory and device (like ``load_drawer``); a directory whose files changed since is
     loaded again."""
     path = assets.resolve_model(spec, DEFAULT_MODEL, "captioning model")
     stamp = tuple((f.name, st.st_mtime_ns, st.st_size) for f in sorted(path.iterdir())

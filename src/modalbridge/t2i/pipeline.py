@@ -1,9 +1,9 @@
 """Text -> image: frozen text encoder -> resolver or mapper -> class embedding -> frozen generator, loaded once.
 
-``load_pipeline(spec, generator)`` loads a text -> class model directory (default: the embedded ``t2i-fashion``)
+``load_drawer(spec, generator)`` loads a text -> class model directory (default: the embedded ``t2i-fashion``)
 through :func:`modalbridge.t2i.classify.load_classifier`, and a generator: the one the model's ``config.json``
 names, or ``generator`` (a name such as ``biggan-deep-256`` or a directory in the published format).
-``Pipeline.draw(text)`` returns images and the top-5 classes.
+``Drawer.draw(text)`` returns images and the top-5 classes.
 
 Two kinds of text -> class model:
 * ``t2i_mapper`` (mapper.py): bound to one generator's class table; its output embedding is drawn as it is.
@@ -40,7 +40,7 @@ from modalbridge.t2i.classify import DEFAULT_MODEL, MAX_OBJECTS, TextClassifier,
 from modalbridge.t2i.resolver import class_embedding
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_TRUNCATION", "MAX_N", "MAX_OBJECTS", "MAX_SEED", "Drawing", "DrawObject",
-           "Pipeline", "check_n", "check_seed", "check_truncation", "clean_text", "load_pipeline"]
+           "Drawer", "check_n", "check_seed", "check_truncation", "clean_text", "load_drawer"]
 DEFAULT_TRUNCATION = 0.5
 MAX_N = 64
 MAX_SEED = 2**63 - 1
@@ -63,7 +63,7 @@ class DrawObject:
 
 @dataclass
 class Drawing:
-    """Result of :meth:`Pipeline.draw`: ``images`` (all objects' images, object by object), ``classes`` (top-5
+    """Result of :meth:`Drawer.draw`: ``images`` (all objects' images, object by object), ``classes`` (top-5
     ``{"label", "wnid", "score"}`` of the whole text), per-object detail, the seed and truncation used."""
 
     text: str
@@ -75,7 +75,7 @@ class Drawing:
     truncated: bool = False
 
 
-class Pipeline:
+class Drawer:
     """Text classifier (encoder + resolver or mapper) + generator, all frozen and in eval mode."""
 
     def __init__(self, classifier: TextClassifier, generator, source: str = ""):
@@ -196,7 +196,7 @@ def check_truncation(truncation: float) -> float:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, generator: str | None) -> Pipeline:
+def _load(path: str, generator: str | None) -> Drawer:
     from modalbridge.generators import load_generator
 
     classifier = load_classifier(path)
@@ -225,10 +225,10 @@ def _load(path: str, generator: str | None) -> Pipeline:
         if not torch.allclose(table, classifier.model.table, atol=1e-4):
             warnings.warn(f"the mapper in {path} was trained against another class table than generator "
                           f"'{generator}' has; images may not match the text", stacklevel=2)
-    return Pipeline(classifier, gen, source=path)
+    return Drawer(classifier, gen, source=path)
 
 
-def load_pipeline(spec: str | Path | None = None, generator: str | Path | None = None) -> Pipeline:
+def load_drawer(spec: str | Path | None = None, generator: str | Path | None = None) -> Drawer:
     """Load a text -> image pipeline once per process.
 
     Args:
