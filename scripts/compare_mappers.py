@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from modalbridge.checkpoint import write_json
+from modalbridge.files import write_json
 from modalbridge.registry import load_builtins
 from modalbridge.t2i.mapper import LOSSES, MAPPERS
 from modalbridge.t2i.train import T2ITask, evaluate, make_collate

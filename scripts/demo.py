@@ -26,7 +26,7 @@ PROMPTS = ["a long summer dress", "white running sneakers", "a leather handbag",
 def caption_demo(out: Path) -> list[Path]:
     from modalbridge.captioning import fashion_scenes
     from modalbridge.captioning.pipeline import load_captioner
-    from modalbridge.checkpoint import atomic_write_bytes, write_json
+    from modalbridge.files import atomic_write_bytes, write_json
     from modalbridge.render import save_attention_maps
 
     t0 = time.perf_counter()
@@ -59,8 +59,8 @@ def t2i_demo(out: Path) -> None:
         print("  skipped: this install has no text -> image pipeline (modalbridge.t2i.pipeline)")
         return
     from modalbridge import assets, render
-    from modalbridge.checkpoint import atomic_write_bytes, write_json
     from modalbridge.errors import UserError
+    from modalbridge.files import atomic_write_bytes, write_json
 
     default = getattr(t2i, "DEFAULT_MODEL", "t2i-fashion")
     if assets.embedded(default) is None:  # never reach for the network in the demo
@@ -97,7 +97,7 @@ IMAGENET_PROMPTS = ["I love my cat", "a passenger jet taking off from the runway
 def classify_demo(out: Path) -> None:
     """text -> ImageNet classes with the embedded resolver (no generator: BigGAN weights are not shipped)."""
     from modalbridge import assets
-    from modalbridge.checkpoint import write_json
+    from modalbridge.files import write_json
     from modalbridge.t2i.classify import load_classifier
 
     if assets.embedded("t2i-imagenet") is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from modalbridge import checkpoint as ckpt
+from modalbridge import files
 from modalbridge.captioning import fashion_scenes
 from modalbridge.captioning.pipeline import decode_features, load_captioner
 from modalbridge.render import attention_overlay
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         res = cap.caption([img], beam=3)[0]
         fig = attention_figure(img, res["words"], res["attention"])
         path = images / f"caption_attention_{n}.png"
-        ckpt.atomic_write_bytes(path, fashion_scenes.png_bytes(fig))
+        files.atomic_write_bytes(path, fashion_scenes.png_bytes(fig))
         figures.append({"file": str(path.relative_to(ROOT)), "image": recs[idx]["image"], "caption": res["caption"],
                         "references": recs[idx]["captions"]})
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "python scripts/eval_caption_fashion.py --model runs/sat_fashion/<time>/model",
         ],
     }
-    ckpt.write_json(Path(args.out), out)
+    files.write_json(Path(args.out), out)
     print(f"wrote {args.out} and {', '.join(f['file'] for f in figures)}")
     return 0
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modalbridge import checkpoint
+from modalbridge import checkpoint, files
 from modalbridge.generators import load_generator
 from modalbridge.training.gan import sample
 from modalbridge.vision import fashion_mnist
@@ -209,7 +209,7 @@ def main() -> None:
     report["sheet"] = {"path": str(args.sheet.resolve().relative_to(ROOT)) if args.sheet.resolve().is_relative_to(ROOT)
                        else str(args.sheet), "truncation": sheet_t}
     report["seconds"] = round(time.time() - t0, 1)
-    checkpoint.write_json(args.out, report)
+    files.write_json(args.out, report)
     print(f"default truncation {default_t:g} ({why})")
     print(f"wrote {args.out} and {args.sheet} ({report['seconds']} s)")
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from modalbridge import checkpoint
+from modalbridge import checkpoint, files
 from modalbridge.generators import biggan  # noqa: F401 - registers biggan_deep
 from modalbridge.training.gan import sample
 from modalbridge.vision import fashion_mnist
@@ -83,7 +83,7 @@ def main() -> None:
                                       "n_per_class": args.n_per_class, "chosen": best, "scores": scores}
         (tmp / checkpoint.CONFIG_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         if not (tmp / checkpoint.METRICS_NAME).is_file():
-            checkpoint.write_json(tmp / checkpoint.METRICS_NAME, {"selection_fd_cnn": scores[best]["fd"]})
+            files.write_json(tmp / checkpoint.METRICS_NAME, {"selection_fd_cnn": scores[best]["fd"]})
         shutil.rmtree(args.install, ignore_errors=True)
         tmp.rename(args.install)
         print(f"installed {src} -> {args.install}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from modalbridge import checkpoint
+from modalbridge import checkpoint, files
 from modalbridge.vision import fashion_mnist
 from modalbridge.vision.classifier import (
     FashionClassifier,
@@ -100,7 +100,7 @@ def main() -> None:
             meta = checkpoint.read_meta(args.out / name)
             panel[name] = {"role": meta["extra"]["role"], "model_type": meta["model_type"],
                            **checkpoint.read_json_file(args.out / name / checkpoint.METRICS_NAME)}
-    checkpoint.write_json(args.out / "panel.json", panel)
+    files.write_json(args.out / "panel.json", panel)
     print(f"wrote {args.out}")
 
 

@@ -8,9 +8,6 @@ as a dict, which includes the base models it bridges and their dims) plus the li
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from safetensors.torch import load_file, save_file, save_model
 from modalbridge import __version__
 from modalbridge.config import from_dict, to_dict
 from modalbridge.errors import UserError, read_json
-from modalbridge.files import atomic_write_bytes, atomic_write_text, write_json  # noqa: F401 - re-exported
+from modalbridge.files import atomic_dir
 from modalbridge.registry import MODELS
 
 CONFIG_NAME = "config.json"
@@ -60,9 +57,7 @@ def save(
         "config": to_dict(model.config),
         "extra": extra or {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         save_model(model, str(tmp / WEIGHTS_NAME))
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if vocab is not None:
@@ -71,16 +66,6 @@ def save(
             save_file(state, str(tmp / name))
         if metrics is not None:
             (tmp / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -1,16 +1,19 @@
-"""Generic file helpers of the bottom layer (no torch): atomic writes and JSON.
+"""Generic file helpers of the bottom layer (no torch): atomic writes of files and directories, and JSON.
 
-Every writer goes through a temp file in the target's directory and ``os.replace``, so a crash or a full disk never
-leaves a half-written file behind; readers of user-given JSON live in ``errors.read_json``.
+Every writer goes through a temp file (or directory) in the target's directory and ``os.replace``, so a crash or a
+full disk never leaves a half-written file behind; readers of user-given JSON live in ``errors.read_json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 def cache_root() -> Path:
@@ -41,3 +44,35 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path, existing: Literal["replace", "keep"] = "replace") -> Iterator[Path]:
+    """Build a directory in a temp directory beside ``target``; when the block succeeds it appears at ``target`` with
+    one rename, complete or not at all (on an exception the temp directory is removed and ``target`` is untouched).
+
+    ``existing="replace"``: a ``target`` already there is swapped out (moved aside, then removed). ``"keep"``: a
+    ``target`` already there (another process finished first) wins and this build is dropped. Either way, losing a
+    race to a concurrent builder keeps the directory that builder put in place.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
+        yield tmp
+        if target.exists() and existing == "keep":
+            return
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # a concurrent builder swapped its directory in first; it is as good as ours
+            if not target.is_dir():
+                raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left after a successful rename

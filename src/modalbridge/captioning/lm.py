@@ -13,6 +13,7 @@ import torch
 
 from modalbridge import assets
 from modalbridge.errors import UserError
+from modalbridge.files import atomic_dir
 
 
 def lm_location(spec: str) -> tuple[Path, str | None]:
@@ -44,9 +45,7 @@ def _dequantize_once(spec: str, directory: Path, gguf: str) -> Path:
     """A GGUF LM as a float32 safetensors directory (built on first use, atomically; announced on stderr)."""
     import copy
     import importlib.util
-    import shutil
     import sys
-    import tempfile
 
     from transformers import AutoModelForCausalLM
 
@@ -58,9 +57,7 @@ def _dequantize_once(spec: str, directory: Path, gguf: str) -> Path:
     print(f"dequantizing {gguf} once into {out} (float32 safetensors; later loads read it directly) ...",
           file=sys.stderr)
     lm, tokenizer = _from_pretrained(spec, directory, gguf_file=gguf)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with atomic_dir(out, existing="keep") as tmp:  # another process finishing first keeps its copy
         # transformers marks a GGUF-read model as quantized (not serialisable) although its weights are float32:
         # copy them into a plain model of the same config and save that.
         config = copy.deepcopy(lm.config)
@@ -70,13 +67,6 @@ def _dequantize_once(spec: str, directory: Path, gguf: str) -> Path:
         plain.load_state_dict(lm.state_dict(), strict=True)
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from modalbridge.errors import UserError
-from modalbridge.files import atomic_write_bytes
+from modalbridge.files import atomic_dir, atomic_write_bytes
 from modalbridge.t2i import vocabulary
 
 FORMAT = "modalbridge.sentences"
@@ -62,16 +59,9 @@ def write_sentences(out: str | Path, vocab: vocabulary.Vocabulary, rows: list[di
         for name, data in files:
             atomic_write_bytes(out / name, data)
         return meta
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
+    with atomic_dir(out, existing="keep") as tmp:  # a new directory appears complete or not at all
         for name, data in files:
             (tmp / name).write_bytes(data)
-        os.replace(tmp, out)  # a new directory appears complete or not at all
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

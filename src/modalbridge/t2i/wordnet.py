@@ -25,14 +25,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
 from modalbridge.errors import UserError
-from modalbridge.files import cache_root
+from modalbridge.files import atomic_dir, cache_root
 
 DEFAULT_SOURCE = Path("/usr/share/wordnet")
 INSTALL_HINT = "apt-get install wordnet-base"
@@ -86,28 +85,12 @@ def ensure_corpus(src: Path | None = None, cache: Path | None = None) -> Path:
     stamp_file = target / "modalbridge-stamp.json"
     if stamp_file.is_file() and stamp_file.read_text(encoding="utf-8") == stamp:
         return root
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Build next to the target and swap it in with one rename, so concurrent builders never see half a corpus.
-    tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", suffix=".tmp", dir=target.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the corpus is ordinary read-only data
+    with atomic_dir(target) as tmp:
         for name in DB_FILES:
             shutil.copyfile(src / name, tmp / name)
         (tmp / "lexnames").write_text(lexnames_text(), encoding="utf-8")
         (tmp / "modalbridge-stamp.json").write_text(stamp, encoding="utf-8")
-        old = None
-        if target.exists():
-            old = target.with_name(f".wordnet.old-{os.getpid()}")
-            os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process swapped its copy in first; theirs is as good as ours
-            if not (target / "lexnames").is_file():
-                raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
