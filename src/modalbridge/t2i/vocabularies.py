@@ -6,13 +6,12 @@ none dropped; :func:`fashion`, the 10 Fashion-MNIST classes with hand-curated sy
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from modalbridge.errors import UserError
+from modalbridge.errors import UserError, read_json
 from modalbridge.t2i import wordnet
 from modalbridge.t2i.vocabulary import VocabClass, Vocabulary, key
 
@@ -214,10 +213,7 @@ def resolve(spec: str | Path) -> Vocabulary:
 
         raise UserError(f"unknown vocabulary '{spec}'{closest(spec, BUILTIN)}: use {' or '.join(BUILTIN)} or a file")
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is not valid JSON ({type(e).__name__})") from None
+        data = read_json(path, "vocabulary file")
         if isinstance(data, list):
             if not data or not all(isinstance(x, str) and x.strip() for x in data):
                 raise UserError(f"{path}: expected a non-empty list of wnids or class names")
