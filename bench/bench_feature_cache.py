@@ -25,8 +25,8 @@ from common import interleave, loadavg, report, speedups, spread, summary  # ben
 from PIL import Image
 
 from modalbridge.captioning import features
+from modalbridge.captioning.pairs import PairSet, make_collate
 from modalbridge.captioning.sat import SATConfig, ShowAttendTell
-from modalbridge.captioning.train import PairSet, make_collate
 from modalbridge.captioning.vocab import Vocab
 from modalbridge.vision.encoders import build_encoder
 

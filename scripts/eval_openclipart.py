@@ -45,8 +45,8 @@ def main() -> None:
 
     threads.configure(args.threads)
     from modalbridge.captioning import datasets, features
+    from modalbridge.captioning.pairs import readable
     from modalbridge.captioning.pipeline import load_captioner
-    from modalbridge.captioning.train import readable
     from modalbridge.files import write_json
     from modalbridge.metrics import score
     from modalbridge.registry import load_builtins

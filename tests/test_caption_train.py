@@ -212,8 +212,9 @@ def checkpoint_state(model_dir: Path) -> dict:
 def test_val_decoding_options_come_from_the_config(tmp_path, monkeypatch):
     """data.val_length_penalty / val_top_p / val_temperature are checked before any work and used by val/CIDEr."""
     from modalbridge.captioning import decoding
+    from modalbridge.captioning.pairs import CaptionCodec
     from modalbridge.captioning.sat import SATConfig, ShowAttendTell
-    from modalbridge.captioning.train import CaptionCodec, CaptionTask
+    from modalbridge.captioning.train import CaptionTask
     from modalbridge.captioning.vocab import Vocab
     from modalbridge.errors import UserError
     from modalbridge.training import engine
@@ -253,14 +254,14 @@ def test_max_train_images_cap_is_said_not_silent():
     import warnings
     from types import SimpleNamespace
 
-    from modalbridge.captioning.train import _split
+    from modalbridge.captioning.pairs import take_split
 
     recs = [SimpleNamespace(split="train") for _ in range(5)] + [SimpleNamespace(split="test")]
     with pytest.warns(UserWarning, match="first 2 of 5 'train' images"):
-        assert len(_split(recs, "train", 2)) == 2
+        assert len(take_split(recs, "train", 2)) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no cap, or a cap above the size: nothing to say
-        assert len(_split(recs, "train", 0)) == len(_split(recs, "train", 9)) == 5
+        assert len(take_split(recs, "train", 0)) == len(take_split(recs, "train", 9)) == 5
 
 
 def test_load_captioner_is_loaded_once_until_its_directory_changes(trained, tmp_path):
