@@ -406,13 +406,9 @@ def evaluate_cmd(
         from modalbridge.captioning import fashion_scenes
 
         data = f"folder:{fashion_scenes.ensure_test_data()}"
-    records = list(datasets.load(data))
-    if records and not any(r.split for r in records):  # e.g. a folder without a split column: score everything
+    records, whole = datasets.select_split(datasets.load(data), split, data)
+    if whole:
         typer.echo(f"note: '{data}' has no splits; scoring all {len(records)} images", err=True)
-    else:
-        records = [r for r in records if r.split == split]
-    if not records:
-        raise UserError(f"dataset '{data}' has no images in split '{split}'")
     _quiet_hf()
     captioner = load_captioner(model)
     scores = evaluate(captioner, records, **decoding, meteor=meteor, lang=lang.strip().lower() or "en",

@@ -139,6 +139,18 @@ def load(spec: str | DataSpec, strict: bool = False) -> list[CaptionRecord]:
     return check_images(recs, strict=strict, source=str(spec if isinstance(spec, str) else s.source[0]))
 
 
+def select_split(records: list[CaptionRecord], split: str, source: str = "dataset") -> tuple[list[CaptionRecord], bool]:
+    """The records of ``split``; a dataset whose format has no splits (a folder without a split column) is taken
+    whole, and the second value says so. No record left is a UserError."""
+    records = list(records)
+    whole = bool(records) and not any(r.split for r in records)
+    if not whole:
+        records = [r for r in records if r.split == split]
+    if not records:
+        raise UserError(f"dataset '{source}' has no images in split '{split}'")
+    return records, whole
+
+
 # --------------------------------------------------------------------------------------------- readers
 
 
