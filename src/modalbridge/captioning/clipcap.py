@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from modalbridge.captioning.decoder import DECODERS, IGNORE, CaptionDecoder, CaptionOutput
+from modalbridge.captioning.decoding import clean_caption, line_constraints
 from modalbridge.captioning.lm import load_lm, special_ids
 from modalbridge.errors import UserError
 from modalbridge.registry import MODELS
@@ -238,8 +239,6 @@ class ClipCap(CaptionDecoder):
     def decode_text(self, ids) -> str:
         """Ids -> one caption line: cut at EOS, special tokens dropped, cut at the first line break, no control
         characters (an LM trained on documents readily continues "a red umbrella." with "\\n\\nThis is ...")."""
-        from modalbridge.captioning.decoding import clean_caption
-
         ids = [int(i) for i in ids]
         if self.config.eos_id in ids:
             ids = ids[: ids.index(self.config.eos_id)]
@@ -251,8 +250,6 @@ class ClipCap(CaptionDecoder):
         tokens holding a line break end the caption, other control-character tokens and the tokenizer's unknown
         token are never emitted. Computed once from the tokenizer (one decode per vocabulary entry)."""
         if getattr(self, "_line_constraints", None) is None:
-            from modalbridge.captioning.decoding import line_constraints
-
             tok, n = self.tokenizer, min(self.config.vocab_size, len(self.tokenizer))
             texts = tok.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
             stop, suppress = line_constraints(texts)

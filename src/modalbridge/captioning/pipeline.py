@@ -23,6 +23,8 @@ from PIL import Image
 
 from modalbridge import assets
 from modalbridge import checkpoint as ckpt
+from modalbridge.captioning.decoding import clean_caption, line_constraints
+from modalbridge.captioning.vocab import UNK_ID, Vocab
 from modalbridge.errors import UserError
 
 DEFAULT_MODEL = "caption-fashion"
@@ -120,9 +122,6 @@ def caption_constraints(model, vocab=None) -> tuple[list[int], list[int]]:
     """``(stop, suppress)`` token ids for :class:`~modalbridge.captioning.decoding.Constrained`: captions are one
     line without control characters, and a word vocabulary's ``<unk>`` is never emitted (the model would otherwise
     write "<unk>" for every rare word)."""
-    from modalbridge.captioning.decoding import line_constraints
-    from modalbridge.captioning.vocab import UNK_ID
-
     if model.model_type == "clipcap":
         return model.line_constraints()
     stop, suppress = line_constraints(vocab.itos if vocab is not None else [])
@@ -239,8 +238,6 @@ class Captioner:
 
     def text(self, tokens: list[int]) -> str:
         """Caption text of ``tokens``: always one line without control characters."""
-        from modalbridge.captioning.decoding import clean_caption
-
         return clean_caption(self.vocab.decode(tokens) if self.vocab is not None else self.model.decode_text(tokens))
 
     def _load(self, image: Any) -> tuple[str | None, Image.Image]:
@@ -308,7 +305,6 @@ def load_captioner(spec: str | Path | None = None, device: str | torch.device = 
 @functools.lru_cache(maxsize=4)
 def _load_captioner(directory: str, device: str, stamp: tuple) -> Captioner:
     from modalbridge.captioning import clipcap, sat  # noqa: F401 - register the model types
-    from modalbridge.captioning.vocab import Vocab
 
     path = Path(directory)
     model = ckpt.load(path, expected=CAPTION_MODEL_TYPES)

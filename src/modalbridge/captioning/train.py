@@ -31,8 +31,11 @@ import lightning.pytorch as pl
 import torch
 
 from modalbridge import checkpoint as ckpt
+from modalbridge.captioning import features
 from modalbridge.captioning.decoder import DECODERS
 from modalbridge.captioning.pairs import CaptionCodec, PairSet, Split, load_records, make_collate, readable, take_split
+from modalbridge.captioning.vocab import SPECIALS, SubwordVocab, Vocab
+from modalbridge.captioning.word_vectors import SPACY_MD, load_word_vectors
 from modalbridge.config import from_dict
 from modalbridge.errors import UserError
 from modalbridge.registry import TASKS
@@ -174,7 +177,6 @@ class CaptionTask(Task):
     def prepare(self) -> None:
         if self._prepared:
             return
-        from modalbridge.captioning import features
         from modalbridge.vision.encoders import build_encoder, split_encoder
 
         d, m = self.cfg.data, self.cfg.model
@@ -226,8 +228,6 @@ class CaptionTask(Task):
         self._prepared = True
 
     def _build_model(self, cls, params: dict, enc: dict, train_captions: list[str]):
-        from modalbridge.captioning.vocab import SubwordVocab, Vocab
-
         d = self.cfg.data
         derived = {"feature_dim": enc["feature_dim"], "num_positions": enc["num_positions"],
                    "encoder": enc["encoder"], "encoder_kind": enc["encoder_kind"]}
@@ -266,9 +266,6 @@ class CaptionTask(Task):
     def _word_vectors(self, params: dict) -> torch.Tensor | None:
         """``model.word_vectors`` -> the embedding matrix ``(V, E)`` (None when unset); ``word_vectors_found`` records
         how many vocabulary words got a pretrained vector."""
-        from modalbridge.captioning.vocab import SPECIALS
-        from modalbridge.captioning.word_vectors import load_word_vectors
-
         m = self.cfg.model
         self.word_vectors_found = None
         _check_word_vectors(m, type(self))
@@ -353,8 +350,6 @@ class CaptionTask(Task):
 
 
 def _check_word_vectors(m: CaptionModelConfig, cls) -> None:
-    from modalbridge.captioning.word_vectors import SPACY_MD
-
     spec = m.word_vectors.strip()
     if not spec:
         if m.freeze_word_vectors:
@@ -381,8 +376,6 @@ def _val_decoding(d: CaptionDataConfig):
 
 def _vocab_of(source: str | Path):
     """The vocabulary of a model directory (or a run dir's ``model/``), for fine-tuning with ``init_from``."""
-    from modalbridge.captioning.vocab import Vocab
-
     source = Path(source)
     model_dir = source / "model" if (source / "model" / ckpt.CONFIG_NAME).is_file() else source
     data = ckpt.read_json_file(model_dir / ckpt.VOCAB_NAME)

@@ -32,6 +32,7 @@ import torch
 from modalbridge import shards
 from modalbridge.errors import UserError
 from modalbridge.shards import RaggedRows
+from modalbridge.t2i.sentence_files import load_sentences, sentences_hash
 from modalbridge.text.encoders import TextEncoder, load_text_encoder
 
 FORMAT_VERSION = 2
@@ -76,8 +77,6 @@ class Features:
 
 
 def _sentences(data_dir: Path) -> tuple[list[str], str]:
-    from modalbridge.t2i.sentence_files import load_sentences, sentences_hash
-
     rows = load_sentences(data_dir)
     return [r["text"] for r in rows], sentences_hash(data_dir)
 

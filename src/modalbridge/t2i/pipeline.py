@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from modalbridge.errors import UserError
+from modalbridge.generators.biggan import truncated_noise
 from modalbridge.render import to_pil
 from modalbridge.t2i.classify import DEFAULT_MODEL, MAX_OBJECTS, TextClassifier, clean_text, load_classifier
 from modalbridge.t2i.resolver import class_embedding
@@ -106,8 +107,6 @@ class Drawer:
     @torch.no_grad()
     def render(self, embeddings: torch.Tensor, seed: int, truncation: float) -> list:
         """(N, E) class embeddings -> N images, noise ``truncated_noise(N, Z, truncation, seed)``."""
-        from modalbridge.generators.biggan import truncated_noise
-
         z = truncated_noise(len(embeddings), self.z_dim, truncation, seed)  # (N, Z)
         return to_pil(self.generator(z, embeddings.to(z.dtype), truncation))
 
@@ -151,8 +150,6 @@ class Drawer:
         for j, (_, positions) in enumerate(words):
             masks[j, positions] = True
         probs, emb = self.classifier.score_states(enc.hidden.expand(len(words), -1, -1), masks, [w for w, _ in words])
-        from modalbridge.generators.biggan import truncated_noise
-
         z = truncated_noise(1, self.z_dim, truncation, seed).expand(len(words), -1)  # (W, Z): same noise
         images = to_pil(self.generator(z, self._embeddings(probs, emb), truncation))
         return [(w, img, self.top_classes(p, 1)[0]) for (w, _), img, p in zip(words, images, probs, strict=True)]
@@ -169,8 +166,6 @@ class Drawer:
         emb, _, _ = self.embed([text, to])  # (2, E)
         t = torch.linspace(0, 1, int(steps))[:, None]  # (S, 1)
         path = (1 - t) * emb[0] + t * emb[1]  # (S, E)
-        from modalbridge.generators.biggan import truncated_noise
-
         z = truncated_noise(1, self.z_dim, truncation, seed).expand(int(steps), -1)  # (S, Z)
         return to_pil(self.generator(z, path, truncation))
 

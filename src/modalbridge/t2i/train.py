@@ -24,6 +24,7 @@ from modalbridge.errors import UserError, closest
 from modalbridge.registry import TASKS
 from modalbridge.t2i.features import Features, load_features
 from modalbridge.t2i.mapper import MAPPERS, MapperConfig, T2IMapper, dense_weights, retrieval_metrics
+from modalbridge.t2i.sentence_files import load_sentences, load_vocabulary, sentences_hash
 from modalbridge.training.batching import make_loader, pad
 from modalbridge.training.task import BridgeModule, Task
 
@@ -71,8 +72,6 @@ def class_table(generator: str) -> torch.Tensor:
 
 def read_vocab(sentences_dir: Path, num_classes: int) -> dict:
     """The prepared vocabulary (what ``draw`` uses to find class words) as a dict for the model's ``vocab.json``."""
-    from modalbridge.t2i.sentence_files import load_vocabulary
-
     vocab = load_vocabulary(sentences_dir)
     if len(vocab) != num_classes:
         raise UserError(f"{sentences_dir}/vocabulary.json lists {len(vocab)} classes, the generator {num_classes}")
@@ -166,8 +165,6 @@ class T2ITask(Task):
     def load(self):
         """Sentences, cached features and the class table, loaded once."""
         if self._loaded is None:
-            from modalbridge.t2i.sentence_files import load_sentences
-
             d = self.cfg.data
             rows = load_sentences(self.sentences_dir)
             feats = load_features(self.sentences_dir, d.encoder, d.layer, d.max_length, d.cache)
@@ -223,8 +220,6 @@ class T2ITask(Task):
         rows, feats, table = self.load()
         final = {f"{s}/{k}": v for s, ds in self.datasets().items() for k, v in evaluate(module.model, ds).items()}
         metrics = {**metrics, **{f"final/{k}": v for k, v in final.items()}}
-        from modalbridge.t2i.sentence_files import sentences_hash
-
         extra = {
             "run_config": run_config,
             "sentences": str(self.sentences_dir.resolve()),

@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modalbridge import assets, render
 from modalbridge import checkpoint as ckpt
 from modalbridge.config import from_dict, to_dict
 from modalbridge.errors import UserError
+from modalbridge.generators.biggan import BigGAN, BigGANConfig, truncated_noise
 from modalbridge.registry import TASKS
 from modalbridge.training.batching import make_loader
 from modalbridge.training.discriminator import (
@@ -66,8 +68,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def sample(generator: nn.Module, labels: torch.Tensor, truncation: float = 1.0, seed: int = 0,
            batch_size: int = 250) -> torch.Tensor:
     """Images ``(N, 3, H, W)`` in [-1, 1] for class ids ``labels`` (N,), reproducible from ``seed``."""
-    from modalbridge.generators.biggan import truncated_noise
-
     z = truncated_noise(len(labels), generator.config.z_dim, truncation, seed).to(labels.device)  # (N, Z)
     emb = generator.class_embeddings  # (K, E)
     out = [generator(z[i : i + batch_size], emb[labels[i : i + batch_size]], truncation)
@@ -77,8 +77,6 @@ def sample(generator: nn.Module, labels: torch.Tensor, truncation: float = 1.0, 
 
 def load_generator_config(model_cfg: GANModelConfig):
     """The generator's ``BigGANConfig``: ``BigGANConfig.small(...)`` with ``model.generator`` fields on top."""
-    from modalbridge.generators.biggan import BigGANConfig
-
     base = BigGANConfig.small(resolution=model_cfg.resolution, channel_width=model_cfg.g_channel_width,
                               num_classes=model_cfg.num_classes, out_channels=model_cfg.out_channels)
     return from_dict(BigGANConfig, {**to_dict(base), **model_cfg.generator}, prefix="model.generator.")
@@ -243,7 +241,6 @@ class GANModule(BridgeModule):
 
 def save_grid(images: torch.Tensor, ncol: int, path: Path, pad: int = 2) -> None:
     """Write ``images`` (N, C, H, W) in [-1, 1] as a PNG grid with ``ncol`` columns, atomically."""
-    from modalbridge import render
     from modalbridge.files import atomic_write_bytes
 
     atomic_write_bytes(path, render.png_bytes(render.grid(render.to_pil(images), ncol, pad)))
@@ -287,23 +284,17 @@ class GANTask(Task):
     ModelConfig = GANModelConfig
 
     def build_module(self) -> GANModule:
-        from modalbridge.generators.biggan import BigGAN
-
         m = self.cfg.model
         g_cfg = load_generator_config(m)
         d_cfg = DiscriminatorConfig(in_channels=3, resolution=m.resolution, channel_width=m.d_channel_width,
                                     num_classes=m.num_classes, aux_classifier=m.aux_weight > 0)
         generator = BigGAN(g_cfg)
         if m.init_generator:  # warm start: G (and, through GANModule's copy, its EMA) from a trained generator
-            from modalbridge import assets
-
             src = ckpt.load(assets.resolve(m.init_generator), expected="biggan_deep")
             if to_dict(src.config) != to_dict(g_cfg):
                 raise UserError(f"model.init_generator '{m.init_generator}' has another generator config")
             generator.load_state_dict(src.state_dict())
         if m.init_class_table:  # a new generator (any width) on an existing table: mappers trained on it stay exact
-            from modalbridge import assets
-
             table = ckpt.load(assets.resolve(m.init_class_table), expected="biggan_deep").embeddings.weight
             if table.shape != generator.embeddings.weight.shape:
                 raise UserError(f"model.init_class_table '{m.init_class_table}' has a {tuple(table.shape)} table, "
