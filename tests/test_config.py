@@ -90,3 +90,11 @@ def test_every_shipped_config_resolves_and_passes_the_value_checks(path):
     cfg = engine.resolve_config(path, [])  # unknown keys / wrong types / unknown task raise here
     engine.check_values(cfg)
     assert cfg.name and cfg.task
+
+
+def test_every_registered_task_has_a_shipped_config():
+    from modalbridge.registry import TASKS, load_builtins
+
+    load_builtins()
+    tasks = {config.read_yaml(p)["task"] for p in Path("configs").rglob("*.yaml")}
+    assert tasks == set(TASKS), sorted(set(TASKS) ^ tasks)
