@@ -285,9 +285,11 @@ def test_unreadable_training_images_are_skipped_and_said(tmp_path):
     load_builtins()
     data = make_fixture(tmp_path / "data", n_train=6, n_val=3, n_test=1)
     (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    good = next(p for p in sorted(data.iterdir()) if p.suffix == ".png" and p.name != "broken.png")
+    (data / "cut.png").write_bytes(good.read_bytes()[:120])  # a valid header, the pixel data cut off
     lines = (data / "captions.jsonl").read_text().splitlines()
     lines += [json.dumps({"image": name, "captions": ["a bad file"], "split": "train"})
-              for name in ("broken.png", "missing.png")]
+              for name in ("broken.png", "missing.png", "cut.png")]
     (data / "captions.jsonl").write_text("\n".join(lines) + "\n")
     cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", [
         f"run_root={tmp_path / 'runs'}", f"data.data=folder:{data}", f"data.encoder={tiny_resnet(tmp_path / 'enc')}",
@@ -298,7 +300,15 @@ def test_unreadable_training_images_are_skipped_and_said(tmp_path):
     said = [str(w.message) for w in seen]
     assert [s for s in said if "skipping" in s and "broken.png" in s], said  # unreadable: left out before extraction
     assert [s for s in said if "missing.png" in s], said  # missing: the dataset loader already drops it, and says so
+    assert [s for s in said if "cut.png could not be decoded" in s], said  # fails only when decoded: row left out
     assert (run_dir / "model" / "model.safetensors").is_file()
+    from modalbridge.captioning import features
+
+    caches = [features.load(p) for p in (tmp_path / "cache").iterdir() if (p / "meta.json").is_file()]
+    train = next(c for c in caches if any(p.endswith("cut.png") for p in c.paths))
+    cut = [i for i, p in enumerate(train.paths) if p.endswith("cut.png")]
+    assert train.failed == cut and float(train.pooled[cut[0]].abs().sum()) == 0.0
+    assert all(float(train.pooled[i].abs().sum()) > 0 for i in range(len(train)) if i not in cut)
 
 
 def _finetune(tmp: Path, data: Path, enc: Path, unfreeze_after: int) -> Path:

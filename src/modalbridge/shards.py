@@ -49,7 +49,7 @@ OFFSETS = "offsets"  # the shared offsets tensor of variable-length fields
 
 # safetensors dtype -> (numpy dtype of the raw bytes, torch dtype to view them as)
 _DTYPES = {"F16": (np.float16, None), "F32": (np.float32, None), "BF16": (np.int16, torch.bfloat16),
-           "I64": (np.int64, None)}
+           "I64": (np.int64, None), "U8": (np.uint8, None)}
 
 
 def key(spec: dict, length: int = 24) -> str:

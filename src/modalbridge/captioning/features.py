@@ -21,6 +21,7 @@ written last and marks the cache complete.
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from modalbridge.shards import Rows, mmap_safetensors
 __all__ = ["DATASET_MAX_SIDE", "FeatureCache", "Rows", "cache_key", "cached", "extract", "load", "mmap_safetensors"]
 
 CACHE_FORMAT = "modalbridge.features/2"
+OK = "ok"  # (N,) uint8 per row: 0 where the image could not be decoded (its feature rows are zeros)
 
 
 @dataclass
@@ -45,6 +47,7 @@ class FeatureCache:
     grid: Rows | None
     pooled: Rows
     meta: dict
+    failed: list[int]  # rows whose image could not be decoded (zeros in grid and pooled): leave them out
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -98,11 +101,16 @@ class _ImageSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        """``(pixels (3, H, W), "")``, or zeros and the reason when the file cannot be decoded (a truncated body
+        behind a valid header): one bad file never fails an extraction; its row is listed in ``meta["failed"]``."""
         from modalbridge.vision.io import load_image
 
-        # A file over the pixel cap (huge clip art, scans) is decoded at reduced size instead of failing the run.
-        return self.preprocess.image(load_image(self.paths[i], reduce_to=DATASET_MAX_SIDE))  # (3, H, W)
+        try:
+            # A file over the pixel cap (huge clip art, scans) is decoded at reduced size instead of failing the run.
+            return self.preprocess.image(load_image(self.paths[i], reduce_to=DATASET_MAX_SIDE)), ""
+        except UserError as e:
+            return torch.zeros(3, *self.preprocess.size), str(e) or "unreadable"
 
 
 def extract(
@@ -141,7 +149,7 @@ def extract(
     found = cached(encoder, paths, cache_dir, store_grid, dtype)
     if found is not None:
         return found
-    fields = ["grid", "pooled"] if store_grid else ["pooled"]
+    fields = ["grid", "pooled", OK] if store_grid else ["pooled", OK]
     writer = shards.ShardWriter(Path(cache_dir) / cache_key(encoder, paths, store_grid, dtype), len(paths),
                                 shard_size, fixed=fields)
     todo = writer.missing()
@@ -149,6 +157,7 @@ def extract(
     encoder = encoder.to(device).eval()
     from tqdm.auto import tqdm
 
+    failed: list[tuple[str, str]] = []
     bar = tqdm(total=len(paths), initial=len(paths) - sum(hi - lo for lo, hi in map(writer.bounds, todo)),
                desc=f"features {encoder.name}", unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for s in todo:
@@ -157,14 +166,23 @@ def extract(
             _ImageSet(paths[lo:hi], encoder.preprocess), batch_size=batch_size, num_workers=num_workers
         )
         out = {name: [] for name in fields}
-        for pixels in loader:
+        row = lo
+        for pixels, errors in loader:
             with torch.no_grad():
                 feats = encoder.features(pixels.to(device))
-            for name in fields:
+            for name in fields[:-1]:
                 out[name].append(getattr(feats, name).to("cpu", store))  # (b, P, C) grid, (b, C) pooled
+            out[OK].append(torch.tensor([not e for e in errors], dtype=torch.uint8))  # (b,)
+            failed += [(paths[row + j], e) for j, e in enumerate(errors) if e]
+            row += len(pixels)
             bar.update(len(pixels))
         writer.write(s, fixed={name: torch.cat(parts) for name, parts in out.items()})
     bar.close()
+    for path, err in failed[:20]:
+        warnings.warn(f"{path} could not be decoded; its image is left out: {err}", stacklevel=2)
+    if len(failed) > 20:
+        warnings.warn(f"{len(failed)} images could not be decoded in all ({len(failed) - 20} more not listed)",
+                      stacklevel=2)
     meta = {"format": CACHE_FORMAT, "key": writer.root.name, "encoder": encoder.cache_key(), "store_grid": store_grid,
             "dtype": dtype, "paths": paths}
     return _open(writer.finish(meta))
@@ -180,4 +198,5 @@ def _open(store: shards.Store) -> FeatureCache:
     if len(store) != len(paths):
         raise UserError(f"feature cache {store.dir} has {len(store)} rows for {len(paths)} images; delete it")
     grid = store.rows("grid") if store.has("grid") else None
-    return FeatureCache(store.dir, paths, grid, store.rows("pooled"), store.meta)
+    failed = torch.nonzero(store.rows(OK).tensor() == 0).flatten().tolist() if store.has(OK) else []
+    return FeatureCache(store.dir, paths, grid, store.rows("pooled"), store.meta, failed)

@@ -218,13 +218,18 @@ class CaptionTask(Task):
         self.text = CaptionCodec(self.vocab, None if self.vocab is not None else self.model, d.max_len)
         self.pad_id = self.model.config.pad_id
         rows = "grid" if self.encoder_top is not None else self.feature  # stem rows are stored as the grid
-        self.train_data = self._make_split(train_recs, train_cache.get(rows))
+        self.train_data = self._make_split(train_recs, train_cache.get(rows), skip=train_cache.failed)
         n_val = d.max_val_images if d.max_val_images > 0 else len(val_recs)
         val_rows = val_cache.get(rows)
-        self.val_data = self._make_split(val_recs[:n_val], val_rows if n_val == len(val_rows) else val_rows[:n_val])
+        self.val_data = self._make_split(val_recs[:n_val], val_rows if n_val == len(val_rows) else val_rows[:n_val],
+                                         skip=val_cache.failed)
         n_cider = d.val_cider_images if d.val_cider_images > 0 else len(val_recs)
-        self.cider_records = val_recs[:n_cider]
-        self.cider_features = val_rows[:n_cider]
+        if val_cache.failed:  # images that could not be decoded are not scored either
+            bad = set(val_cache.failed)
+            keep = [i for i in range(len(val_recs)) if i not in bad][:n_cider]
+            self.cider_records, self.cider_features = [val_recs[i] for i in keep], val_rows[keep]
+        else:
+            self.cider_records, self.cider_features = val_recs[:n_cider], val_rows[:n_cider]
         self._prepared = True
 
     def _build_model(self, cls, params: dict, enc: dict, train_captions: list[str]):
@@ -283,8 +288,10 @@ class CaptionTask(Task):
         self.word_vectors_found = (found, len(self.vocab) - len(SPECIALS))
         return matrix
 
-    def _make_split(self, records: list, feats: torch.Tensor) -> Split:
-        pairs = [(i, self.text.encode(c)) for i, r in enumerate(records) for c in r.captions]
+    def _make_split(self, records: list, feats: torch.Tensor, skip: list[int] = ()) -> Split:
+        """One (row, caption ids) pair per caption; ``skip``: rows whose image could not be decoded."""
+        bad = set(skip)
+        pairs = [(i, self.text.encode(c)) for i, r in enumerate(records) if i not in bad for c in r.captions]
         if not pairs:
             raise UserError("a split has images but no captions")
         return Split(records, feats, pairs)
