@@ -98,3 +98,26 @@ def test_every_registered_task_has_a_shipped_config():
     load_builtins()
     tasks = {config.read_yaml(p)["task"] for p in Path("configs").rglob("*.yaml")}
     assert tasks == set(TASKS), sorted(set(TASKS) ^ tasks)
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").rglob("*.yaml")))
+def test_shipped_configs_hold_only_what_differs_from_the_defaults(path):
+    from modalbridge.registry import TASKS, load_builtins
+    from modalbridge.training import engine
+
+    load_builtins()
+    raw = config.read_yaml(path)
+    task = TASKS.get_entry(raw["task"])
+    defaults = {**config.to_dict(engine.RunConfig()), "data": config.to_dict(task.DataConfig()),
+                "model": config.to_dict(task.ModelConfig())}
+
+    def restated(given: dict, default: dict, prefix: str = "") -> list[str]:
+        out = []
+        for key, value in given.items():
+            if isinstance(value, dict) and isinstance(default.get(key), dict):
+                out += restated(value, default[key], f"{prefix}{key}.")
+            elif key in default and default[key] == value:
+                out.append(prefix + key)
+        return out
+
+    assert restated(raw, defaults) == []
