@@ -62,6 +62,25 @@ def test_prefix_shapes_forward_backward(lms, arch, mapper, feature):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.mapper.parameters())
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bf16_autocast_training_step_matches_float32(lms, arch):
+    """``trainer.precision=bf16-mixed`` on a CPU: the forward under bfloat16 autocast gives float32's loss to within
+    bf16 rounding, and the mapper gets finite float32 gradients (the frozen LM none)."""
+    torch.manual_seed(0)
+    model = ClipCap.from_lm(str(lms[arch]), feature_dim=16, prefix_length=3, clip_length=2, mapper="transformer",
+                            feature="pooled", mapper_layers=2, mapper_heads=4)
+    feats, ids, targets = _data(model)
+    memory = feats.mean(1)
+    ref = model(memory, ids, targets).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(memory, ids, targets)
+    assert out.loss.dtype == torch.float32 and abs(float(out.loss) - float(ref)) < 0.03 * float(ref)
+    out.loss.backward()
+    grads = [p.grad for p in model.mapper.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is None for p in model.lm.parameters())
+
+
 def test_training_lowers_the_loss_and_decoding_follows(lms):
     from modalbridge.captioning import decoding
 
