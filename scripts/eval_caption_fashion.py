@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", default=str(ROOT / "docs/images"))
     p.add_argument("--figures", type=int, nargs="*", default=[6, 10], help="test scene indices drawn with attention")
     p.add_argument("--no-meteor", action="store_true")
+    p.add_argument("--config", default="configs/caption/sat_fashion.yaml", help="the training config (for the record)")
+    p.add_argument("--train-args", default="", help="key=value overrides the model was trained with (for the record)")
     args = p.parse_args(argv)
 
     from modalbridge.captioning import features
@@ -117,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                         "torch": torch.__version__, "feature_extraction_s": round(extract_s, 1)},
         "reproduce": [
             "python scripts/make_fashion_scenes.py --train 5000 --val 500 --test 500",
-            "modalbridge train configs/caption/sat_fashion.yaml",
-            "python scripts/eval_caption_fashion.py --model runs/sat_fashion/<time>/model",
+            f"modalbridge train {args.config} {args.train_args}".strip(),
+            "python scripts/eval_caption_fashion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         ],
     }
     files.write_json(Path(args.out), out)
