@@ -121,3 +121,15 @@ def test_shipped_configs_hold_only_what_differs_from_the_defaults(path):
         return out
 
     assert restated(raw, defaults) == []
+
+
+def test_a_numeric_literal_choice_given_as_a_number():
+    """``trainer.precision=32`` on the command line is the YAML number 32; the choice is the string "32"."""
+    from modalbridge.registry import load_builtins
+    from modalbridge.training import engine
+
+    load_builtins()
+    cfg = engine.resolve_config("configs/test/toy.yaml", ["trainer.precision=32"])
+    assert cfg.trainer.precision == "32"
+    with pytest.raises(UserError, match="expected one of"):
+        engine.resolve_config("configs/test/toy.yaml", ["trainer.precision=33"])

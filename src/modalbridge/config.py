@@ -53,7 +53,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(e))
         raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
-        if value not in typing.get_args(tp):
+        choices = typing.get_args(tp)
+        if isinstance(value, int) and not isinstance(value, bool) and value not in choices and str(value) in choices:
+            value = str(value)  # YAML reads trainer.precision=32 as a number; the choice is the string "32"
+        if value not in choices:
             raise UserError(f"config key '{key}': expected one of {list(typing.get_args(tp))}, got {value!r}")
         return value
     if origin in (list, tuple):
