@@ -11,6 +11,7 @@
   - CPU config, after: prefix 10, clip length 10 (configs/caption/clipcap_fashion.yaml) with both changes;
   - the same with ``trainer.precision=bf16-mixed`` (CPU autocast to bfloat16: matrix products in bf16, about twice
     float32's rate on CPUs with AVX512-BF16 or AMX); its loss on one batch is asserted within 2 % of float32's.
+    Speed only: in a real run bf16-mixed does not train ClipCap (docs/results.md, "ClipCap").
   Reported as steps/s and the ratio to before (per repetition: median and spread).
 * Decoding: beam search (beam 3, 16 tokens) over N images, recomputing the LM over prefix + tokens at every step
   (before) vs the LM's key/value cache (after). Captions asserted identical, their log-probabilities within 1e-4.
