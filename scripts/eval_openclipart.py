@@ -73,7 +73,8 @@ def main() -> None:
         cache = features.extract(encoder, paths, cfg.data.cache_dir, batch_size=cfg.data.extract_batch_size)
         if fresh:
             rates[s] = round(len(paths) / (time.perf_counter() - t0), 2)
-        keep = [i for i in range(len(paths)) if i not in set(cache.failed)]  # drop images that did not decode
+        bad = set(cache.failed)
+        keep = [i for i in range(len(paths)) if i not in bad]  # drop images that did not decode
         split[s] = [split[s][i] for i in keep]
         pooled[s] = F.normalize(cache.pooled[keep].float(), dim=-1)  # (N, C)
 

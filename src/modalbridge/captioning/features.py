@@ -103,7 +103,7 @@ class _ImageSet(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         """``(pixels (3, H, W), "")``, or zeros and the reason when the file cannot be decoded (a truncated body
-        behind a valid header): one bad file never fails an extraction; its row is listed in ``meta["failed"]``."""
+        behind a valid header): one bad file never fails an extraction; its ``ok`` row is 0 (FeatureCache.failed)."""
         from modalbridge.vision.io import load_image
 
         try:

@@ -224,12 +224,9 @@ class CaptionTask(Task):
         self.val_data = self._make_split(val_recs[:n_val], val_rows if n_val == len(val_rows) else val_rows[:n_val],
                                          skip=val_cache.failed)
         n_cider = d.val_cider_images if d.val_cider_images > 0 else len(val_recs)
-        if val_cache.failed:  # images that could not be decoded are not scored either
-            bad = set(val_cache.failed)
-            keep = [i for i in range(len(val_recs)) if i not in bad][:n_cider]
-            self.cider_records, self.cider_features = [val_recs[i] for i in keep], val_rows[keep]
-        else:
-            self.cider_records, self.cider_features = val_recs[:n_cider], val_rows[:n_cider]
+        bad = set(val_cache.failed)  # images that could not be decoded are not scored either
+        keep = [i for i in range(len(val_recs)) if i not in bad][:n_cider]
+        self.cider_records, self.cider_features = [val_recs[i] for i in keep], val_rows[keep]
         self._prepared = True
 
     def _build_model(self, cls, params: dict, enc: dict, train_captions: list[str]):
