@@ -51,10 +51,8 @@ def test_prefix_shapes_forward_backward(lms, arch, mapper, feature):
     full = model(memory, ids)  # no targets: logits at every caption position
     assert full.logits.shape == (*ids.shape, 99) and full.loss is None
     assert model._body_and_head() is not None  # GPT-2 and Llama take the fast training path
-    out = model(memory, ids, targets)  # training: the LM head only where a target is scored
-    keep = targets != IGNORE
-    assert out.logits.shape == (int(keep.sum()), 99) and torch.isfinite(out.loss)
-    torch.testing.assert_close(out.logits, full.logits[keep], atol=1e-5, rtol=1e-5)
+    out = model(memory, ids, targets)  # training: the frozen LM head only where a target is scored, fused with the loss
+    assert out.logits is None and torch.isfinite(out.loss)
     reference = F.cross_entropy(full.logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
     torch.testing.assert_close(out.loss, reference, atol=1e-5, rtol=1e-5)
     out.loss.backward()
@@ -79,6 +77,81 @@ def test_bf16_autocast_training_step_matches_float32(lms, arch):
     grads = [p.grad for p in model.mapper.parameters()]
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     assert all(p.grad is None for p in model.lm.parameters())
+
+
+def test_linear_cross_entropy_equals_the_unfused_loss_and_gradient():
+    """The fused head + loss (chunked, gradient computed in the forward) gives F.cross_entropy's loss and input
+    gradient, with banned ids at -inf, a bias, chunks that do not divide N, and a frozen weight only."""
+    from modalbridge.captioning import decoder
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50)
+    head.requires_grad_(False)
+    h = torch.randn(37, 8, dtype=torch.float64).float().requires_grad_()
+    targets = torch.randint(2, 50, (37,))
+    h_ref = h.detach().clone().requires_grad_()
+    ref = F.cross_entropy(head(h_ref).index_fill(1, torch.tensor([0, 1]), float("-inf")), targets)
+    ref.backward()
+    with pytest.MonkeyPatch.context() as mp:  # 4 rows a chunk: 37 rows are 10 chunks, the last one short
+        mp.setattr(decoder, "_chunk_rows", lambda V: 4)
+        loss = decoder.linear_cross_entropy(h, head, targets, banned=[0, 1])
+    (2.5 * loss).backward()
+    torch.testing.assert_close(loss, ref.detach(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(h.grad, 2.5 * h_ref.grad, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():  # a validation loss: the same value, no gradient work
+        torch.testing.assert_close(decoder.linear_cross_entropy(h, head, targets, banned=[0, 1]), ref.detach())
+    with pytest.raises(ValueError, match="frozen"):
+        decoder.linear_cross_entropy(h, torch.nn.Linear(8, 50), targets)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bf16_lm_trains_and_decodes_like_float32(lms, arch, tmp_path):
+    """``lm_dtype=bfloat16``: the frozen LM's matrices are stored in bfloat16 (norms and rotary tables stay float32),
+    its loss matches float32's to bf16 rounding, the mapper gets finite float32 gradients, training reaches
+    float32's loss, the setting survives save/load, cached decoding still equals recomputing, and a fine-tuned LM is
+    refused."""
+    from modalbridge.captioning import decoding
+
+    kw = dict(feature_dim=16, prefix_length=3, clip_length=2, mapper="transformer", feature="pooled", mapper_layers=2,
+              mapper_heads=4)
+    torch.manual_seed(0)
+    ref = ClipCap.from_lm(str(lms[arch]), **kw)
+    torch.manual_seed(0)
+    model = ClipCap.from_lm(str(lms[arch]), lm_dtype="bfloat16", **kw)
+    head = model.lm.get_output_embeddings().weight
+    norms = [p for n, p in model.lm.named_parameters() if "norm" in n or "ln_" in n]
+    assert head.dtype == torch.bfloat16 and norms and all(p.dtype == torch.float32 for p in norms)
+    feats, ids, targets = _data(model)
+    memory = feats.mean(1)
+    first = model(memory, ids, targets).loss
+    assert first.dtype == torch.float32
+    assert abs(float(first) - float(ref(memory, ids, targets).loss)) < 0.03 * float(first)
+    final = {}
+    for name, m in (("float32", ref), ("bfloat16", model)):  # the same 30 steps from the same start
+        opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(30):
+            opt.zero_grad()
+            loss = m(memory, ids, targets).loss
+            loss.backward()
+            grads = [p.grad for p in m.mapper.parameters()]
+            assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+            opt.step()
+        final[name] = loss.item()
+    assert all(p.grad is None for p in model.lm.parameters())
+    # Both reach the floor a prefix can reach through this tiny frozen LM (1-3 % below the start), and the same one.
+    assert final["float32"] < 0.99 * float(first), (float(first), final)
+    assert abs(final["bfloat16"] - final["float32"]) < 0.01 * final["float32"], (float(first), final)
+    checkpoint.save(model, tmp_path / "m")
+    again = checkpoint.load(tmp_path / "m", expected="clipcap").eval()
+    assert again.config.lm_dtype == "bfloat16" and again.lm.get_output_embeddings().weight.dtype == torch.bfloat16
+    model.eval()
+    recompute = RecomputingClipCap(model.config, lm=model.lm, tokenizer=model.tokenizer).eval()
+    recompute.mapper.load_state_dict(model.mapper.state_dict())
+    c = model.config
+    a, b = (decoding.beam_search(m, memory, c.bos_id, c.eos_id, beam_size=2, max_len=5) for m in (model, recompute))
+    assert a.tokens == b.tokens and a.logprob == pytest.approx(b.logprob, abs=0.05)
+    with pytest.raises(UserError, match="freeze_lm"):
+        ClipCap.from_lm(str(lms[arch]), lm_dtype="bfloat16", freeze_lm=False, **kw)
 
 
 def test_training_lowers_the_loss_and_decoding_follows(lms):
