@@ -37,7 +37,7 @@ BENCHES = {  # name -> arguments of bench/bench_<name>.py
     "beam": ["--threads", "1", "--reps", "5"],
     "biggan": ["--threads", "1", "--iters", "5"],
     "feature_cache": ["--encoder", "resnet-101", "--reps", "5"],
-    "clipcap": ["--reps", "3"],
+    "clipcap": ["--reps", "5"],
     "metrics": ["--reps", "5"],
     "prepare": [],
     "extract": ["--reps", "5", "--scale", "100000"],
