@@ -17,7 +17,7 @@ model directory then holds only the mapper, and loading it re-reads the LM from 
 
 ``lm_dtype="bfloat16"`` (frozen LM only) stores the LM's matrices in bfloat16 and runs its matrix products in bfloat16
 under autocast, while the residual stream, the norms, the rotary tables, the mapper and the loss stay float32. It
-trains like float32 and takes ~2.5x fewer seconds a step on CPUs with AVX512-BF16 or AMX (bench/bench_clipcap.py,
+trains like float32 and takes ~1.8x fewer seconds a step on CPUs with AVX512-BF16 or AMX (bench/bench_clipcap.py,
 docs/results.md "ClipCap"). Attention then runs in the LM's eager implementation: on a CPU the backward of
 PyTorch's fused bf16 attention kernel is ~10x slower than float32 at caption lengths. Training and captioning use the
 same setting (it is recorded in ``config.json``).
