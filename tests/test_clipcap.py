@@ -55,6 +55,14 @@ def test_prefix_shapes_forward_backward(lms, arch, mapper, feature):
     assert out.logits is None and torch.isfinite(out.loss)
     reference = F.cross_entropy(full.logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
     torch.testing.assert_close(out.loss, reference, atol=1e-5, rtol=1e-5)
+    head = model.lm.get_output_embeddings().weight
+    head.requires_grad_(True)  # a trainable head takes the unfused path: logits of the scored positions only
+    unfused = model(memory, ids, targets)
+    head.requires_grad_(False)
+    keep = targets != IGNORE
+    assert unfused.logits.shape == (int(keep.sum()), 99)
+    torch.testing.assert_close(unfused.logits, full.logits[keep], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(unfused.loss, reference, atol=1e-5, rtol=1e-5)
     out.loss.backward()
     assert all(p.grad is None for p in model.lm.parameters())  # frozen LM
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.mapper.parameters())

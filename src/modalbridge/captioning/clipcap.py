@@ -191,9 +191,9 @@ class ClipCap(CaptionDecoder):
             body, head = split
             emb = self.lm.get_input_embeddings()(input_ids)  # (B, T, D)
             with self._lm_precision(prefix.device):
-                h = body(inputs_embeds=torch.cat([prefix, emb.to(prefix.dtype)], 1), use_cache=False)
+                out = body(inputs_embeds=torch.cat([prefix, emb.to(prefix.dtype)], 1), use_cache=False)
             keep = targets != IGNORE  # (B, T)
-            h = h.last_hidden_state[:, L:][keep]  # (N, D)
+            h = out.last_hidden_state[:, L:][keep]  # (N, D)
             if not any(p.requires_grad for p in head.parameters()):
                 loss = linear_cross_entropy(h, head, targets[keep], self.never_generated())
                 return CaptionOutput(loss=loss, logits=None, attention=None)
