@@ -78,10 +78,14 @@ def test_bf16_autocast_training_step_matches_float32(lms, arch):
     feats, ids, targets = _data(model)
     memory = feats.mean(1)
     ref = model(memory, ids, targets).loss
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(memory, ids, targets)
+    with torch.profiler.profile() as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(memory, ids, targets)
+        out.loss.backward()
     assert out.loss.dtype == torch.float32 and abs(float(out.loss) - float(ref)) < 0.03 * float(ref)
-    out.loss.backward()
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::bmm" in ops  # the mapper's (and the LM's) attention: plain products, never the fused CPU kernel
+    assert not any("flash_attention" in op or "efficient_attention" in op for op in ops), sorted(ops)
     grads = [p.grad for p in model.mapper.parameters()]
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     assert all(p.grad is None for p in model.lm.parameters())

@@ -167,6 +167,34 @@ def test_bf16_mixed_precision_on_cpu(tmp_path):
         engine.resolve_config(TOY, ["trainer.precision=8"])
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_is_fused_on_cpu_and_steps_like_foreach(name):
+    """configure_optimizers picks Adam's fused kernel for CPU parameters (param groups too); its update equals the
+    ``_foreach`` one to float rounding over a few steps with weight decay; an integer tensor keeps the default."""
+    from modalbridge.training.task import BridgeModule, _fusable
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    cfg = engine.OptimConfig(name=name, lr=1e-2, weight_decay=0.1)
+    fused = BridgeModule(nets[0], cfg).configure_optimizers()
+    assert fused.defaults["fused"] is True
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    plain = cls(nets[1].parameters(), lr=1e-2, weight_decay=0.1, foreach=True)
+    x = torch.randn(16, 5)
+    for _ in range(3):
+        for net, opt in zip(nets, (fused, plain), strict=True):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(nets[0][0].weight, nets[0][0].weight.new_zeros(()))  # it did move
+    groups = [{"params": list(nets[0][0].parameters())}, {"params": list(nets[0][2].parameters()), "lr": 1e-3}]
+    assert _fusable(groups) is True
+    assert _fusable([torch.zeros(3, dtype=torch.long)]) is None
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path):
     """A real training process killed with SIGKILL mid-run, then ``train --resume``: same final weights as a run that

@@ -41,6 +41,7 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from modalbridge.captioning.decoder import DECODERS, IGNORE, CaptionDecoder, CaptionOutput, linear_cross_entropy
 from modalbridge.captioning.decoding import clean_caption, line_constraints
@@ -70,6 +71,15 @@ class ClipCapConfig:
     pad_id: int = 50256
     encoder: str = "openai/clip-vit-base-patch32"  # image encoder (name or path) whose features this reads
     encoder_kind: str = "clip"
+
+
+def cpu_autocast_attention(device: torch.device):
+    """PyTorch's plain (math) attention instead of its fused kernel under bfloat16 autocast on a CPU (e.g.
+    ``trainer.precision=bf16-mixed``): the fused CPU kernel's bf16 backward is ~10x slower than float32's at
+    caption lengths (bench/bench_clipcap.py); the math path runs the same products as batched matmuls."""
+    if device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 class MLPMapper(nn.Module):
@@ -105,7 +115,8 @@ class TransformerMapper(nn.Module):
         else:
             tokens = self.inp(x).view(B, self.c.clip_length, D)  # (B, K, D)
         h = torch.cat([tokens, self.prefix_const.expand(B, L, D)], 1)  # (B, K + L, D)
-        return self.transformer(h)[:, -L:]  # (B, L, D)
+        with cpu_autocast_attention(h.device):
+            return self.transformer(h)[:, -L:]  # (B, L, D)
 
 
 @DECODERS.register("clipcap")
@@ -162,11 +173,14 @@ class ClipCap(CaptionDecoder):
     def prefix(self, memory: torch.Tensor) -> torch.Tensor:
         return self.mapper(memory.float())  # (B, L, D)
 
+    @contextlib.contextmanager
     def _lm_precision(self, device: torch.device):
-        """Autocast to bfloat16 around every LM call when ``lm_dtype`` is bfloat16 (its weights are bf16 then)."""
-        if self.config.lm_dtype != "bfloat16":
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        """Autocast to bfloat16 around every LM call when ``lm_dtype`` is bfloat16 (its weights are bf16 then); plain
+        attention under any CPU autocast (:func:`cpu_autocast_attention`)."""
+        bf16 = self.config.lm_dtype == "bfloat16"  # else an outer autocast (trainer precision) still applies
+        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            with cpu_autocast_attention(device):
+                yield
 
     def _lm_logits(self, prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         emb = self.lm.get_input_embeddings()(tokens)  # (B, T, D)
