@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -159,7 +160,7 @@ def test_missing_tracking_package_is_clear(tmp_path, monkeypatch):
 
 
 def test_bf16_mixed_precision_on_cpu(tmp_path):
-    run = _train(tmp_path, "trainer.max_epochs=1", "trainer.precision=bf16-mixed")
+    run = _train(tmp_path, "trainer.max_epochs=1", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5")
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["trainer"]["precision"] == "bf16-mixed"
     assert all(v.dtype == torch.float32 for v in _weights(run).values())  # master weights stay fp32
@@ -190,6 +191,18 @@ def test_adam_is_fused_on_cpu_and_steps_like_foreach(name):
     for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     assert not torch.equal(nets[0][0].weight, nets[0][0].weight.new_zeros(()))  # it did move
+    # under bf16-mixed (no loss scaler) the fused optimizer's gradients are clipped by the module itself
+    module = BridgeModule(nets[0], cfg)
+    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None))
+    for algorithm, limit in (("norm", 0.5), ("value", 0.01)):
+        for p in nets[0].parameters():
+            p.grad = torch.full_like(p, 3.0)
+        module.configure_gradient_clipping(fused, limit, algorithm)
+        grads = [p.grad for p in nets[0].parameters()]
+        if algorithm == "norm":
+            assert abs(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))) - limit) < 1e-5
+        else:
+            assert all(float(g.abs().max()) <= limit for g in grads)
     groups = [{"params": list(nets[0][0].parameters())}, {"params": list(nets[0][2].parameters()), "lr": 1e-3}]
     assert _fusable(groups) is True
     assert _fusable([torch.zeros(3, dtype=torch.long)]) is None

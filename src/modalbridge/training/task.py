@@ -28,6 +28,20 @@ class BridgeModule(pl.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch[0]))
         return out.loss
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """As Lightning's, except under bf16 mixed precision with a fused optimizer, which Lightning refuses to clip
+        for fear of a loss scaler: bf16 has none, so the gradients are clipped as in float32 (tested)."""
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and getattr(plugin, "scaler", "absent") is None and getattr(
+                optimizer, "_step_supports_amp_scaling", False):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         o = self.optim_cfg
         params = self.trainable_parameters()
@@ -35,7 +49,10 @@ class BridgeModule(pl.LightningModule):
             opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
         else:
             cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-            opt = cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=_fusable(params))
+            # a loss scaler (16-mixed) and a fused step cannot be clipped between them: keep the default there
+            scaled = self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None
+            fused = None if scaled and self.trainer.gradient_clip_val else _fusable(params)
+            opt = cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=fused)
         if o.scheduler == "none" and o.warmup_steps == 0:
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
