@@ -146,6 +146,15 @@ def test_bad_config_values_are_user_errors(tmp_path):
     enc = {"feature_dim": 4, "num_positions": 1, "encoder": "e", "encoder_kind": "resnet"}
     with pytest.raises(UserError, match="model.params.hidden_dimm"):
         CaptionTask(cfg)._build_model(ShowAttendTell, cfg.model.params, enc, ["a b"])
+    nowhere = [f"run_root={tmp_path}", "data.data=folder:/nonexistent"]
+    for bad, word in (("model.params.hidden_dimm=3", "hidden_dimm"),
+                      ("model.params.attention_dim=wide", "attention_dim")):
+        cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", [*nowhere, bad])
+        with pytest.raises(UserError, match=f"model.params.{word}"):
+            CaptionTask(cfg).prepare()  # fails on the parameter, before reading data or loading anything
+    cfg = engine.resolve_config(ROOT / "configs/caption/clipcap_fashion.yaml", [*nowhere, "model.params.lm_dtype=fp8"])
+    with pytest.raises(UserError, match="model.params.lm_dtype"):
+        CaptionTask(cfg).prepare()  # before the LM is loaded
     cfg = engine.resolve_config(ROOT / "configs/caption/sat_tiny.yaml", [*base, "model.arch=lstm"])
     with pytest.raises(UserError, match="unknown caption decoder 'lstm'"):
         CaptionTask(cfg).prepare()

@@ -20,7 +20,9 @@ under autocast, while the residual stream, the norms, the rotary tables, the map
 trains like float32 and takes ~1.8x fewer seconds a step on CPUs with AVX512-BF16 or AMX (bench/bench_clipcap.py,
 docs/results.md "ClipCap"). Attention then runs in the LM's eager implementation: on a CPU the backward of
 PyTorch's fused bf16 attention kernel is ~10x slower than float32 at caption lengths. Training and captioning use the
-same setting (it is recorded in ``config.json``).
+same setting (it is recorded in ``config.json``). Trained under ``trainer.precision=bf16-mixed`` as well
+(configs/caption/clipcap_fashion.yaml), the trainable mapper's products run in bf16 too, on float32 weights; under
+any CPU autocast, the mapper's and the LM's attention take PyTorch's math path (:func:`cpu_autocast_attention`).
 
 With targets (training), the loss is fused with the LM's output layer (``decoder.linear_cross_entropy``): the
 (N, V) logits over the LM's vocabulary are never stored.
