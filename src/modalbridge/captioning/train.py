@@ -182,8 +182,8 @@ class CaptionTask(Task):
         d, m = self.cfg.data, self.cfg.model
         self.decoding = _val_decoding(d)  # bad decoding options fail before any feature extraction
         cls = DECODERS.get_entry(m.arch)
-        from_dict(cls.config_class, dict(m.params), prefix="model.params.")  # so do bad params (keys, types, values)
-        _check_word_vectors(m, cls)  # and a missing vectors file
+        _check_word_vectors(m, cls)  # so does a missing vectors file
+        from_dict(cls.config_class, dict(m.params), prefix="model.params.")  # and bad params (keys, types, values)
         records = load_records(d.data)
         train_recs = take_split(records, d.train_split, d.max_train_images)
         # Validation needs features for the val/loss images and the val/CIDEr images (prefixes of the split).
