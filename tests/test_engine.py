@@ -177,6 +177,7 @@ def test_adam_is_fused_on_cpu_and_steps_like_foreach(name):
     torch.manual_seed(0)
     nets = [torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
+    start = nets[0][0].weight.detach().clone()
     cfg = engine.OptimConfig(name=name, lr=1e-2, weight_decay=0.1)
     fused = BridgeModule(nets[0], cfg).configure_optimizers()
     assert fused.defaults["fused"] is True
@@ -190,7 +191,7 @@ def test_adam_is_fused_on_cpu_and_steps_like_foreach(name):
             opt.step()
     for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    assert not torch.equal(nets[0][0].weight, nets[0][0].weight.new_zeros(()))  # it did move
+    assert (nets[0][0].weight - start).abs().min() > 1e-3  # every weight moved (3 steps of lr 1e-2)
     # under bf16-mixed (no loss scaler) the fused optimizer's gradients are clipped by the module itself
     module = BridgeModule(nets[0], cfg)
     module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None))
