@@ -172,6 +172,8 @@ def test_bf16_mixed_precision_on_cpu(tmp_path):
 def test_adam_is_fused_on_cpu_and_steps_like_foreach(name):
     """configure_optimizers picks Adam's fused kernel for CPU parameters (param groups too); its update equals the
     ``_foreach`` one to float rounding over a few steps with weight decay; an integer tensor keeps the default."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
     from modalbridge.training.task import BridgeModule, _fusable
 
     torch.manual_seed(0)
@@ -194,7 +196,7 @@ def test_adam_is_fused_on_cpu_and_steps_like_foreach(name):
     assert (nets[0][0].weight - start).abs().min() > 1e-3  # every weight moved (3 steps of lr 1e-2)
     # under bf16-mixed (no loss scaler) the fused optimizer's gradients are clipped by the module itself
     module = BridgeModule(nets[0], cfg)
-    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None))
+    module._trainer = SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
     for algorithm, limit in (("norm", 0.5), ("value", 0.01)):
         for p in nets[0].parameters():
             p.grad = torch.full_like(p, 3.0)

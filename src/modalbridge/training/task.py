@@ -28,17 +28,19 @@ class BridgeModule(pl.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch[0]))
         return out.loss
 
+    def _loss_scaler(self):
+        """The precision plugin's gradient scaler: set under ``16-mixed`` only (None for float32 and bf16)."""
+        return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """As Lightning's, except under bf16 mixed precision with a fused optimizer, which Lightning refuses to clip
-        for fear of a loss scaler: bf16 has none, so the gradients are clipped as in float32 (tested)."""
-        plugin = self.trainer.precision_plugin
-        if gradient_clip_val and getattr(plugin, "scaler", "absent") is None and getattr(
+        """Lightning's, except that a fused optimizer without a loss scaler (bf16 mixed precision) is clipped by the
+        precision plugin's own norm/value clip: Lightning's mixed-precision plugin refuses any fused optimizer, for fear
+        of a scaler that bf16 does not have (tested)."""
+        if gradient_clip_val and self._loss_scaler() is None and getattr(
                 optimizer, "_step_supports_amp_scaling", False):
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            if gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            plugin = self.trainer.precision_plugin
+            clip = plugin.clip_grad_by_value if gradient_clip_algorithm == "value" else plugin.clip_grad_by_norm
+            clip(optimizer, gradient_clip_val)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
@@ -50,7 +52,7 @@ class BridgeModule(pl.LightningModule):
         else:
             cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
             # a loss scaler (16-mixed) and a fused step cannot be clipped between them: keep the default there
-            scaled = self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None
+            scaled = self._loss_scaler() is not None
             fused = None if scaled and self.trainer.gradient_clip_val else _fusable(params)
             opt = cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=fused)
         if o.scheduler == "none" and o.warmup_steps == 0:
