@@ -1,6 +1,7 @@
 """Quality of a class-conditional Fashion-MNIST generator, judged by a panel of classifiers that never saw it.
 
     .venv/bin/python scripts/gan_quality.py                       # shipped gan-fashion -> docs/results/gan_fashion.json
+    .venv/bin/python scripts/gan_quality.py --record              # ... and record its default truncation in it
     .venv/bin/python scripts/gan_quality.py --generator runs/gan-fashion-v2/<stamp>/model --out /tmp/q.json \
         --sheet /tmp/q.png
 
@@ -123,6 +124,8 @@ def main() -> None:
     ap.add_argument("--sheet-truncation", type=float, default=None, help="default: the chosen truncation")
     ap.add_argument("--sheet-columns", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--record", action="store_true",
+                    help="write the chosen default truncation into the generator's config.json (extra)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "gan_fashion.json")
     ap.add_argument("--sheet", type=Path, default=ROOT / "docs" / "results" / "gan_fashion_samples.png")
     args = ap.parse_args()
@@ -211,6 +214,11 @@ def main() -> None:
     report["seconds"] = round(time.time() - t0, 1)
     files.write_json(args.out, report)
     print(f"default truncation {default_t:g} ({why})")
+    if args.record:  # what draw and the web app use when no truncation is given
+        meta["extra"] = {**meta.get("extra", {}), "default_truncation": default_t,
+                         "default_truncation_rule": f"scripts/gan_quality.py: {why}"}
+        files.write_json(gen_dir / checkpoint.CONFIG_NAME, meta)
+        print(f"recorded default truncation {default_t:g} in {gen_dir / checkpoint.CONFIG_NAME}")
     print(f"wrote {args.out} and {args.sheet} ({report['seconds']} s)")
 
 

@@ -68,6 +68,8 @@ def main() -> None:
         name = str(d) if d in args.also else d.name
         print(f"{name}: steps {scores[name]['steps']}  FD {scores[name]['fd']:.3f}  "
               f"acc {scores[name]['accuracy']:.3f}", flush=True)
+    if not scores:
+        raise SystemExit(f"error: no generator in {args.run_dir}/snapshots or {args.run_dir}/model yet")
     best = min(scores, key=lambda n: scores[n]["fd"])
     print(f"best: {best} {scores[best]}")
     if args.install:

@@ -200,10 +200,14 @@ def test_shipped_default_draws_what_the_text_names():
 
 
 def test_default_truncation_is_the_generators_own(model_dir):
-    """gan-fashion records the evaluation panel's choice (0.85); a generator without one draws at BigGAN's 0.5."""
+    """gan-fashion records the evaluation panel's choice (scripts/gan_quality.py --record, the truncation in
+    docs/results/gan_fashion.json); a generator without one draws at BigGAN's 0.5."""
+    report = Path(__file__).resolve().parents[1] / "docs" / "results" / "gan_fashion.json"
+    chosen = json.loads(report.read_text())["default_truncation"]
+    assert chosen != P.DEFAULT_TRUNCATION
     shipped = P.load_drawer(None)
-    assert shipped.default_truncation == 0.85
-    assert shipped.draw("a red dress", n=1, seed=0).truncation == 0.85
+    assert shipped.default_truncation == chosen
+    assert shipped.draw("a red dress", n=1, seed=0).truncation == chosen
     assert shipped.draw("a red dress", n=1, seed=0, truncation=0.4).truncation == 0.4
     tiny = P.load_drawer(str(model_dir))
     assert tiny.default_truncation == P.DEFAULT_TRUNCATION == 0.5

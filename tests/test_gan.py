@@ -4,6 +4,7 @@ shipped ``gan-fashion`` generator."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -234,3 +235,14 @@ def test_time_budget_stops_training_and_still_exports(tmp_path):
     meta = json.loads((run_dir / "model" / "config.json").read_text())
     assert meta["extra"]["generator_steps"] == 1  # stopped after the first step, not after 5 epochs
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_v4_recipe_resolves_and_starts_where_the_reproduce_script_puts_v2():
+    """configs/gan/fashion_v4.yaml validates, and its warm start is the directory scripts/reproduce_gan_fashion.sh
+    fills with v2's weights (a renamed directory on one side would only fail after an hour of training)."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = engine.resolve_config(str(root / "configs/gan/fashion_v4.yaml"), [])
+    assert cfg.data.batch_size == 256 and cfg.model.max_g_steps > 0 and cfg.model.freeze_class_table
+    script = (root / "scripts" / "reproduce_gan_fashion.sh").read_text()
+    assert f'> "{cfg.model.init_generator}/$f"' in script and f"--install {cfg.model.init_generator}" in script
+    assert "configs/gan/fashion_v4.yaml" in script
