@@ -69,25 +69,22 @@ def main() -> None:
         print(f"{name}: steps {scores[name]['steps']}  FD {scores[name]['fd']:.3f}  "
               f"acc {scores[name]['accuracy']:.3f}", flush=True)
     if not scores:
-        raise SystemExit(f"error: no generator in {args.run_dir}/snapshots or {args.run_dir}/model yet")
+        ap.error(f"no generator in {args.run_dir}/snapshots or {args.run_dir}/model yet")
     best = min(scores, key=lambda n: scores[n]["fd"])
     print(f"best: {best} {scores[best]}")
     if args.install:
         if Path(best) in args.also:
             raise SystemExit(f"the best candidate is {best}, not a snapshot of this run: nothing installed")
         src = args.run_dir / ("model" if best == "model" else f"snapshots/{best}")
-        tmp = args.install.with_name(args.install.name + ".new")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        meta = json.loads((tmp / checkpoint.CONFIG_NAME).read_text())
-        meta["extra"]["run_config"] = yaml.safe_load((args.run_dir / "config.yaml").read_text())
-        meta["extra"]["selection"] = {"judge": "cnn", "criterion": "FD at truncation 1 vs real train (min)",
-                                      "n_per_class": args.n_per_class, "chosen": best, "scores": scores}
-        (tmp / checkpoint.CONFIG_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        if not (tmp / checkpoint.METRICS_NAME).is_file():
-            files.write_json(tmp / checkpoint.METRICS_NAME, {"selection_fd_cnn": scores[best]["fd"]})
-        shutil.rmtree(args.install, ignore_errors=True)
-        tmp.rename(args.install)
+        with files.atomic_dir(args.install) as tmp:  # the old install stays whole until the new one is
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            meta = json.loads((tmp / checkpoint.CONFIG_NAME).read_text())
+            meta["extra"]["run_config"] = yaml.safe_load((args.run_dir / "config.yaml").read_text())
+            meta["extra"]["selection"] = {"judge": "cnn", "criterion": "FD at truncation 1 vs real train (min)",
+                                          "n_per_class": args.n_per_class, "chosen": best, "scores": scores}
+            files.write_json(tmp / checkpoint.CONFIG_NAME, meta)
+            if not (tmp / checkpoint.METRICS_NAME).is_file():
+                files.write_json(tmp / checkpoint.METRICS_NAME, {"selection_fd_cnn": scores[best]["fd"]})
         print(f"installed {src} -> {args.install}")
 
 
