@@ -5,7 +5,7 @@
 # 2. v2, the starting point: src/modalbridge/weights/gan-fashion as of commit 39dda48 (configs/gan/fashion_v2.yaml);
 #    set FROM_SCRATCH=1 to retrain the chain instead: v1 (configs/gan/fashion.yaml, 45 min) -> v2 (~90 min on one
 #    thread) -> v2's snapshot selection;
-# 3. configs/gan/fashion_v4.yaml (seed 0; ~2 h on one thread, ~1 h on two), EMA snapshots every 500 G steps;
+# 3. configs/gan/fashion_v4.yaml (seed 0; ~2.5 h on one thread, ~75 min on two: THREADS=2), EMA snapshots every 500 G steps;
 # 4. the snapshot with the lowest FD on the selection judge (cnn) replaces src/modalbridge/weights/gan-fashion;
 # 5. scripts/gan_quality.py measures it with the whole panel -> docs/results/gan_fashion.json + sample sheet, and
 #    records the default truncation its rule picks in the generator's config.json.
