@@ -24,12 +24,30 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "modalbridge"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # once, at import: os.umask is process-wide and not safe to toggle from threads later
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``.
+
+    The file gets the mode an ordinary ``open(path, "w")`` would give it (an existing file's own mode, else 0o666
+    less the umask), not mkstemp's private 0o600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_UMASK
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -59,7 +77,7 @@ def atomic_dir(target: Path, existing: Literal["replace", "keep"] = "replace") -
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; the result is an ordinary directory
         yield tmp
         if target.exists() and existing == "keep":
             return
