@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modalbridge.errors import read_json, script_main
 from modalbridge.vision import fashion_mnist
 from modalbridge.vision.classifier import load_judge
 
@@ -68,7 +69,7 @@ def main() -> None:
             labels += [classes.index(cls)] * args.n
             mapped.append(d.classes[0]["label"] == cls)
     x, y = torch.cat(images), np.array(labels)
-    panel = json.loads((args.judges / "panel.json").read_text())
+    panel = read_json(args.judges / "panel.json", "judge panel")
     out = {"generator": args.generator or "pipeline default", "truncation": args.truncation, "n": args.n,
            "prompts": sum(map(len, PROMPTS.values())), "mapper_top1_correct": float(np.mean(mapped)), "judges": {}}
     for name in sorted(panel):
@@ -80,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

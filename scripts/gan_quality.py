@@ -26,7 +26,6 @@ Writes the JSON report and a sample sheet PNG (rows = classes, labelled; columns
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from modalbridge import checkpoint, files
+from modalbridge.errors import read_json, script_main
 from modalbridge.generators import load_generator
 from modalbridge.training.gan import sample
 from modalbridge.vision import fashion_mnist
@@ -135,7 +135,7 @@ def main() -> None:
     gen = load_generator(args.generator)
     k = gen.config.num_classes
     classes = list(fashion_mnist.CLASSES)
-    panel_meta = json.loads((args.judges / "panel.json").read_text())
+    panel_meta = read_json(args.judges / "panel.json", "judge panel")
     names = sorted(panel_meta)
     judges = {n: load_judge(args.judges / n) for n in names}
     reference = {"fashion-classifier": load_classifier("fashion-classifier")}  # the old single judge
@@ -230,4 +230,4 @@ def _gen_dir(spec: str) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from modalbridge import checkpoint, files
+from modalbridge.errors import script_main
 from modalbridge.generators import biggan  # noqa: F401 - registers biggan_deep
 from modalbridge.training.gan import sample
 from modalbridge.vision import fashion_mnist
@@ -89,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

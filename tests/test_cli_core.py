@@ -73,3 +73,28 @@ def test_console_entry_passes_exit_codes_and_abort(monkeypatch, capsys):
             cli.main()
         assert info.value.code == code
     assert capsys.readouterr().err.strip() == "error: aborted"
+
+
+@pytest.mark.parametrize("script", ["gan_quality.py", "gan_prompt_check.py"])
+def test_research_scripts_report_a_bad_path_in_one_line(script, tmp_path):
+    """scripts/ run through errors.script_main: a missing judge panel is one error line and exit 2, not a traceback."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--judges", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == f"error: judge panel not found: {tmp_path / 'nope' / 'panel.json'}"
+
+
+def test_script_main_exit_codes(capsys):
+    from modalbridge.errors import UserError, script_main
+
+    def raises(exc):
+        def main():
+            raise exc
+        return main
+
+    for main, code in [(raises(UserError("bad\n input")), 2), (raises(SystemExit("no candidate")), 2),
+                       (raises(SystemExit(2)), 2), (lambda: 3, 3), (lambda: None, 0)]:
+        with pytest.raises(SystemExit) as e:
+            script_main(main)
+        assert e.value.code == code
+    assert capsys.readouterr().err.splitlines() == ["error: bad input", "error: no candidate"]

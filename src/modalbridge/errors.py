@@ -5,9 +5,10 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 class UserError(Exception):
@@ -29,3 +30,20 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({type(e).__name__})") from None
+
+
+def script_main(main: Callable[[], Any]) -> NoReturn:
+    """Run a script's ``main()`` the way the CLI runs a command: a ``UserError``, or a ``SystemExit`` that carries a
+    message, becomes one ``error:`` line on stderr and exit code 2; ``main``'s int return value is the exit code."""
+    try:
+        code = main()
+    except UserError as e:
+        message = str(e)
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        message = e.code
+    else:
+        sys.exit(code or 0)
+    print(f"error: {' '.join(message.split()) or 'unknown error'}", file=sys.stderr)
+    sys.exit(2)
