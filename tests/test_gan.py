@@ -22,7 +22,7 @@ from modalbridge.training.discriminator import (
     diff_augment,
     g_hinge_loss,
 )
-from modalbridge.training.gan import GANTask, ema_update, sample, save_grid
+from modalbridge.training.gan import GANTask, ema_update, lr_factor, sample, save_grid
 
 
 def tiny_d(resolution: int = 32) -> ProjectionDiscriminator:
@@ -235,6 +235,21 @@ def test_time_budget_stops_training_and_still_exports(tmp_path):
     meta = json.loads((run_dir / "model" / "config.json").read_text())
     assert meta["extra"]["generator_steps"] == 1  # stopped after the first step, not after 5 epochs
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_lr_decay_is_linear_to_zero_at_max_g_steps_and_lands_in_the_checkpoint(tmp_path):
+    assert [lr_factor(s, 0, 10) for s in (0, 9)] == [1.0, 1.0]  # off: constant
+    assert [lr_factor(s, 6, 10) for s in (0, 5, 6, 8, 9, 10)] == [1.0, 1.0, 1.0, 0.5, 0.25, 0.0]
+    over = TINY + [f"run_root={tmp_path}", "model.max_g_steps=4", "model.lr_decay_from=2", "model.sample_every=0",
+                   "trainer.max_epochs=10", "model.n_dis=1"]
+    cfg = engine.resolve_config("configs/gan/fashion.yaml", over)
+    run_dir = engine.train(cfg)
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    g_lr, d_lr = (opt["param_groups"][0]["lr"] for opt in state["optimizer_states"])
+    # the 4th G step (3 done) ran at (4 - 3) / (4 - 2) = half of each rate
+    assert (g_lr, d_lr) == pytest.approx((0.5 * cfg.optim.lr, 0.5 * cfg.model.d_lr))
+    with pytest.raises(Exception, match="needs model.max_g_steps above it"):
+        GANTask(engine.resolve_config("configs/gan/fashion.yaml", over + ["model.max_g_steps=2"])).build_module()
 
 
 def test_v4_recipe_resolves_and_starts_where_the_reproduce_script_puts_v2():

@@ -118,10 +118,19 @@ class GANModelConfig:
     freeze_class_table: bool = False  # keep G's class-embedding table fixed (mappers trained on it stay exact)
     d_warmup_steps: int = 0  # D-only steps before G trains (a fresh D catching up with a warm-started G)
     max_g_steps: int = 0  # stop after this many G steps (0: epochs / max_minutes decide)
+    lr_decay_from: int = 0  # >0: both learning rates fall linearly from this G step to 0 at max_g_steps (0: constant)
     snapshot_every: int = 0  # G steps between exported EMA snapshots in run_dir/snapshots/stepN (0: never)
     # --- recipe v3 (issue 12, a GPU run): a wider G from scratch on the same class table
     init_class_table: str = ""  # copy G's class-embedding table (E, K) from this biggan_deep model dir / name
     diffaugment: str = ""  # DiffAugment policy on every D input, e.g. "translation,cutout" ("" = off)
+
+
+def lr_factor(step: int, decay_from: int, max_steps: int) -> float:
+    """Learning-rate multiplier for the G step after ``step`` completed ones: 1 until ``decay_from`` (0: always 1),
+    then linear down to 0 at ``max_steps`` (SN-GAN's schedule, Miyato et al. 2018, over the last stretch only)."""
+    if not decay_from or step < decay_from:
+        return 1.0
+    return max(0.0, (max_steps - step) / (max_steps - decay_from))
 
 
 class GANModule(BridgeModule):
@@ -158,6 +167,10 @@ class GANModule(BridgeModule):
 
     def training_step(self, batch, batch_idx):
         g_opt, d_opt = self.optimizers()
+        f = lr_factor(int(self.g_steps), self.mcfg.lr_decay_from, self.mcfg.max_g_steps)  # from g_steps: resume-exact
+        for opt, lr in ((g_opt, self.optim_cfg.lr), (d_opt, self.mcfg.d_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr * f
         real, labels = batch
         real = self._to_images(real)  # (B, C, H, W)
         b = real.shape[0]
@@ -285,6 +298,9 @@ class GANTask(Task):
 
     def build_module(self) -> GANModule:
         m = self.cfg.model
+        if m.lr_decay_from and not m.max_g_steps > m.lr_decay_from > 0:
+            raise UserError(f"model.lr_decay_from={m.lr_decay_from} needs model.max_g_steps above it "
+                            f"(got {m.max_g_steps}): the learning rates reach 0 at max_g_steps")
         g_cfg = load_generator_config(m)
         d_cfg = DiscriminatorConfig(in_channels=3, resolution=m.resolution, channel_width=m.d_channel_width,
                                     num_classes=m.num_classes, aux_classifier=m.aux_weight > 0)
