@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# gan-fashion v4 (issue 12), the shipped generator:
+# gan-fashion v5 (issue 12), the shipped generator:
 #   bash scripts/reproduce_gan_fashion.sh
 # 1. the evaluation panel (eval/fashion-judges; only if missing - it is committed);
 # 2. v2, the starting point: src/modalbridge/weights/gan-fashion as of commit 39dda48 (configs/gan/fashion_v2.yaml);
 #    set FROM_SCRATCH=1 to retrain the chain instead: v1 (configs/gan/fashion.yaml, 45 min) -> v2 (~90 min on one
 #    thread) -> v2's snapshot selection;
-# 3. configs/gan/fashion_v4.yaml (seed 0; ~2.5 h on one thread, ~75 min on two: THREADS=2), EMA snapshots every 500 G steps;
+# 3. configs/gan/fashion_v5.yaml (seed 0; ~2.9 h on two threads: THREADS=2, twice that on one), EMA snapshots every
+#    500 G steps;
 # 4. the snapshot with the lowest FD on the selection judge (cnn) replaces src/modalbridge/weights/gan-fashion;
 # 5. scripts/gan_quality.py measures it with the whole panel -> docs/results/gan_fashion.json + sample sheet, and
 #    records the default truncation its rule picks in the generator's config.json.
@@ -25,7 +26,7 @@ else
     git show "39dda48:src/modalbridge/weights/gan-fashion/$f" > "runs/gan-fashion-v2-weights/$f"
   done
 fi
-$PY -m modalbridge train configs/gan/fashion_v4.yaml
-RUN=$(ls -d runs/gan-fashion-v4/*/ | tail -1)
+$PY -m modalbridge train configs/gan/fashion_v5.yaml
+RUN=$(ls -d runs/gan-fashion-v5/*/ | tail -1)
 $PY scripts/select_gan_snapshot.py "$RUN" --install src/modalbridge/weights/gan-fashion
 $PY scripts/gan_quality.py --truncations 1 0.9 0.85 0.8 0.75 0.7 0.5 --record

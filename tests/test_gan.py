@@ -252,12 +252,13 @@ def test_lr_decay_is_linear_to_zero_at_max_g_steps_and_lands_in_the_checkpoint(t
         GANTask(engine.resolve_config("configs/gan/fashion.yaml", over + ["model.max_g_steps=2"])).build_module()
 
 
-def test_v4_recipe_resolves_and_starts_where_the_reproduce_script_puts_v2():
-    """configs/gan/fashion_v4.yaml validates, and its warm start is the directory scripts/reproduce_gan_fashion.sh
+def test_v5_recipe_resolves_and_starts_where_the_reproduce_script_puts_v2():
+    """configs/gan/fashion_v5.yaml validates, and its warm start is the directory scripts/reproduce_gan_fashion.sh
     fills with v2's weights (a renamed directory on one side would only fail after an hour of training)."""
     root = Path(__file__).resolve().parents[1]
-    cfg = engine.resolve_config(str(root / "configs/gan/fashion_v4.yaml"), [])
-    assert cfg.data.batch_size == 256 and cfg.model.max_g_steps > 0 and cfg.model.freeze_class_table
+    cfg = engine.resolve_config(str(root / "configs/gan/fashion_v5.yaml"), [])
+    assert cfg.data.batch_size == 256 and cfg.model.max_g_steps > cfg.model.lr_decay_from > 0
+    assert cfg.model.freeze_class_table
     script = (root / "scripts" / "reproduce_gan_fashion.sh").read_text()
     assert f'> "{cfg.model.init_generator}/$f"' in script and f"--install {cfg.model.init_generator}" in script
-    assert "configs/gan/fashion_v4.yaml" in script
+    assert "configs/gan/fashion_v5.yaml" in script and "runs/gan-fashion-v5/" in script
