@@ -15,7 +15,6 @@ selection scores in ``config.json``'s ``extra`` (as an export).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -79,7 +78,7 @@ def main() -> None:
         src = args.run_dir / ("model" if best == "model" else f"snapshots/{best}")
         with files.atomic_dir(args.install) as tmp:  # the old install stays whole until the new one is
             shutil.copytree(src, tmp, dirs_exist_ok=True)
-            meta = json.loads((tmp / checkpoint.CONFIG_NAME).read_text())
+            meta = checkpoint.read_meta(tmp)
             meta["extra"]["run_config"] = yaml.safe_load((args.run_dir / "config.yaml").read_text())
             meta["extra"]["selection"] = {"judge": "cnn", "criterion": "FD at truncation 1 vs real train (min)",
                                           "n_per_class": args.n_per_class, "chosen": best, "scores": scores}

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from modalbridge.errors import UserError
+from modalbridge.errors import UserError, one_line
 
 app = typer.Typer(
     name="modalbridge",
@@ -45,8 +45,7 @@ def _root(
 
 def fail(message: str, code: int = 2) -> None:
     """Print one ``error:`` line on stderr and exit."""
-    line = " ".join(str(message).split()) or "unknown error"
-    typer.echo(f"error: {line}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
 
 

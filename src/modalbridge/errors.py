@@ -32,6 +32,11 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise UserError(f"{path} is not valid JSON ({type(e).__name__})") from None
 
 
+def one_line(message: object) -> str:
+    """``message`` as the one line an ``error:`` shows: whitespace runs (newlines too) collapsed, never empty."""
+    return " ".join(str(message).split()) or "unknown error"
+
+
 def script_main(main: Callable[[], Any]) -> NoReturn:
     """Run a script's ``main()`` the way the CLI runs a command: a ``UserError``, or a ``SystemExit`` that carries a
     message, becomes one ``error:`` line on stderr and exit code 2; ``main``'s int return value is the exit code."""
@@ -45,5 +50,5 @@ def script_main(main: Callable[[], Any]) -> NoReturn:
         message = e.code
     else:
         sys.exit(code or 0)
-    print(f"error: {' '.join(message.split()) or 'unknown error'}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(2)
