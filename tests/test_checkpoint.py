@@ -6,6 +6,7 @@ import torch
 
 from modalbridge import checkpoint
 from modalbridge.errors import UserError
+from modalbridge.files import FILE_MODE
 from modalbridge.training.toy import ToyMLP, ToyModelConfig
 
 
@@ -26,6 +27,9 @@ def test_round_trip_and_side_files(tmp_path):
     torch.testing.assert_close(loaded(x), m(x), rtol=0, atol=0)
     assert checkpoint.read_json_file(path / "vocab.json") == {"a": 1}
     assert checkpoint.read_json_file(path / "metrics.json") == {"val/loss": 0.5}
+    # safetensors writes its files 0o600; a saved model is readable like any file its user writes
+    assert {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()} == dict.fromkeys(
+        ["model.safetensors", "config.json", "vocab.json", "metrics.json"], FILE_MODE)
 
 
 def test_save_replaces_atomically(tmp_path):

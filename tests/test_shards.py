@@ -10,6 +10,7 @@ from test_layers import import_graph
 
 from modalbridge import shards
 from modalbridge.errors import UserError
+from modalbridge.files import FILE_MODE
 
 N, SHARD = 10, 4  # shards of rows [0, 4), [4, 8), [8, 10)
 
@@ -48,6 +49,7 @@ def test_round_trip_and_resume_recomputes_only_the_missing_shard(tmp_path):
     meta = store.meta
     assert meta["what"] == "test" and meta["n"] == N and meta["n_shards"] == 3 and len(store) == N
     assert [sh["n"] for sh in meta["shards"]] == [4, 4, 2]
+    assert all((p.stat().st_mode & 0o777) == FILE_MODE for p in tmp_path.glob("*.safetensors"))  # not 0o600
     assert meta["tokens"] == sum(len(r) for r in ragged)
     assert meta["fields"]["x"] == {"ragged": False, "shape": [3, 2], "dtype": "float32"}
     assert meta["fields"]["states"]["ragged"] and store.has("x") and not store.has("y")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file, save_model
 from modalbridge import __version__
 from modalbridge.config import from_dict, to_dict
 from modalbridge.errors import UserError, read_json
-from modalbridge.files import atomic_dir
+from modalbridge.files import atomic_dir, ordinary_mode
 from modalbridge.registry import MODELS
 
 CONFIG_NAME = "config.json"
@@ -59,11 +59,13 @@ def save(
     }
     with atomic_dir(path) as tmp:
         save_model(model, str(tmp / WEIGHTS_NAME))
+        ordinary_mode(tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if vocab is not None:
             (tmp / VOCAB_NAME).write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
         for name, state in (tensors or {}).items():
             save_file(state, str(tmp / name))
+            ordinary_mode(tmp / name)
         if metrics is not None:
             (tmp / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return path

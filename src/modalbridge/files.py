@@ -31,6 +31,12 @@ def _umask() -> int:
 
 
 _UMASK = _umask()  # once, at import: os.umask is process-wide and not safe to toggle from threads later
+FILE_MODE = 0o666 & ~_UMASK  # what open(path, "w") gives a new file
+
+
+def ordinary_mode(path: Path) -> None:
+    """Give a file that a library created privately (safetensors writes 0o600) the mode of an ordinary new file."""
+    os.chmod(path, FILE_MODE)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -44,7 +50,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
-        mode = 0o666 & ~_UMASK
+        mode = FILE_MODE
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import save_file
 
 from modalbridge.errors import UserError
-from modalbridge.files import write_json
+from modalbridge.files import ordinary_mode, write_json
 
 STORE_FORMAT = "modalbridge.shards/1"
 OFFSETS = "offsets"  # the shared offsets tensor of variable-length fields
@@ -254,6 +254,7 @@ class ShardWriter:
         tmp = self.root / f".{shard_file(s)}.{os.getpid()}.tmp"
         try:
             save_file(tensors, str(tmp))
+            ordinary_mode(tmp)
             os.replace(tmp, self.root / shard_file(s))
         except BaseException:
             tmp.unlink(missing_ok=True)
