@@ -44,6 +44,19 @@ def test_int_is_accepted_for_float_and_optional_str():
     assert cfg.inner.name == "bert"
 
 
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 reads 5e-5 as the string "5e-5"; a float field takes it as the number, in overrides and in files
+    assert load(Outer, None, ["inner.lr=5e-5"]).inner.lr == 5e-5
+    y = tmp_path / "c.yaml"
+    y.write_text("inner:\n  lr: 2E-4\n")
+    assert load(Outer, y).inner.lr == 2e-4
+    for bad in ["5e", "e-5", "5e-5x", "fast"]:
+        with pytest.raises(UserError, match="'inner.lr': expected a number"):
+            load(Outer, None, [f"inner.lr={bad}"])
+    with pytest.raises(UserError, match="'seed': expected an integer"):
+        load(Outer, None, ["seed=1e3"])  # a float in scientific notation is not an int
+
+
 def test_unknown_key_names_key_and_closest(tmp_path):
     with pytest.raises(UserError, match=r"unknown config key 'inner.lrr'.*did you mean 'lr'"):
         load(Outer, None, ["inner.lrr=1"])

@@ -7,6 +7,7 @@ dinov2 merges OmegaConf layers but with plain dataclasses so a config is also a 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from modalbridge.errors import UserError, closest
 
 T = TypeVar("T")
+_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")  # 5e-5, 1E3, 2.e-4
 
 
 def to_dict(cfg: Any) -> Any:
@@ -85,6 +87,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 5e-5 (no dot) as a string
         raise UserError(f"config key '{key}': expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
