@@ -69,6 +69,21 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert any(not torch.equal(mid[k], last_a[k]) for k in mid)
 
 
+def test_resume_with_overrides_keeps_the_earlier_config(tmp_path):
+    """A multi-stage run (resumed with other settings) keeps every stage's resolved config: config.1.yaml, ..."""
+    first = _train(tmp_path, "trainer.max_epochs=1", "checkpoint.monitor=train/loss")
+    cfg = engine.resolve_config(first / "config.yaml", ["trainer.max_epochs=2", "optim.lr=5e-3"])
+    engine.train(cfg, resume=first)
+    kept = yaml.safe_load((first / "config.1.yaml").read_text())
+    now = yaml.safe_load((first / "config.yaml").read_text())
+    assert kept["trainer"]["max_epochs"] == 1 and kept["optim"]["lr"] != 5e-3
+    assert now["trainer"]["max_epochs"] == 2 and now["optim"]["lr"] == 5e-3
+    assert engine.keep_earlier_config(cfg, first) is None  # unchanged: nothing kept, nothing renamed
+    assert sorted(p.name for p in first.glob("config*.yaml")) == ["config.1.yaml", "config.yaml"]
+    third = engine.resolve_config(first / "config.yaml", ["trainer.max_epochs=3"])
+    assert engine.keep_earlier_config(third, first) == first / "config.2.yaml"
+
+
 def test_resume_needs_last_checkpoint(tmp_path):
     cfg = engine.resolve_config(TOY, [f"run_root={tmp_path}", *QUIET])
     with pytest.raises(UserError, match="cannot resume"):

@@ -4,7 +4,8 @@
 builds the task named by ``task:`` from the ``TASKS`` registry and runs a Lightning ``Trainer`` in
 ``runs/<name>/<timestamp>/``:
 
-    config.yaml            resolved config (also written into the exported model)
+    config.yaml            resolved config (also written into the exported model); config.N.yaml: earlier stages'
+                           configs, kept when a --resume with overrides changed it
     checkpoints/           best.ckpt (by checkpoint.monitor), last.ckpt (every epoch), epoch=N.ckpt every N epochs
     logs/csv, logs/tensorboard   (+ MLflow in <run_root>/mlflow.db or W&B offline files when selected)
     model/                 the best weights exported as a model directory (config.json + model.safetensors)
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 
 from modalbridge import checkpoint as ckpt
 from modalbridge.config import from_dict, merge, parse_overrides, read_yaml, save_yaml, to_dict
@@ -278,6 +280,19 @@ def train(cfg: RunConfig, resume: str | Path | None = None) -> Path:
     return run_dir
 
 
+def keep_earlier_config(cfg: RunConfig, run_dir: Path) -> Path | None:
+    """Before a resume with overrides rewrites ``config.yaml``, keep the earlier one as ``config.<n>.yaml`` (n = 1, 2,
+    ... for the first, second ... piece) when it differs, so every piece of a multi-stage run stays on record.
+    Returns the kept file, or None when the config did not change."""
+    current = run_dir / "config.yaml"
+    if not current.is_file() or read_yaml(current) == yaml.safe_load(yaml.safe_dump(to_dict(cfg))):
+        return None
+    n = 1 + sum(1 for p in run_dir.glob("config.*.yaml") if p.stem.split(".")[-1].isdigit())
+    kept = run_dir / f"config.{n}.yaml"
+    os.replace(current, kept)
+    return kept
+
+
 def _remove_run_dir(run_dir: Path, run_root: Path) -> None:
     import shutil
 
@@ -295,6 +310,8 @@ def _fit(cfg: RunConfig, task, run_dir: Path, last: Path | None, resumed_epoch: 
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        if last is not None:
+            keep_earlier_config(cfg, run_dir)
         save_yaml(cfg, run_dir / "config.yaml")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = task.build_module()
