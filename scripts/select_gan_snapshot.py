@@ -9,7 +9,9 @@ Each draws ``--n-per-class`` samples per class at truncation 1 (seed 0); the sco
 of the ``cnn`` judge's features (eval/fashion-judges/cnn, role "selection"), generated vs. the first
 ``--n-real-per-class`` real *train* images of each class (the test split is left to scripts/gan_quality.py).
 The held-out judges play no part. ``--install`` copies the winner, with the run's resolved config and the
-selection scores in ``config.json``'s ``extra`` (as an export).
+selection scores in ``config.json``'s ``extra`` (as an export). ``--final`` takes run_dir/model, the end of the
+run's schedule, instead of the lowest FD (every candidate is still scored and recorded): for a stage that trades FD
+for something else on purpose, such as v6's class-fidelity fine-tune.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--n-real-per-class", type=int, default=1000)
     ap.add_argument("--also", type=Path, nargs="*", default=[], help="more candidate model dirs (e.g. the warm start)")
     ap.add_argument("--install", type=Path, default=None)
+    ap.add_argument("--final", action="store_true", help="choose run_dir/model (the schedule's end), not the min FD")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="where to sample and judge (cuda on a GPU machine)")
     args = ap.parse_args()
@@ -70,8 +73,10 @@ def main() -> None:
               f"acc {scores[name]['accuracy']:.3f}", flush=True)
     if not scores:
         ap.error(f"no generator in {args.run_dir}/snapshots or {args.run_dir}/model yet")
-    best = min(scores, key=lambda n: scores[n]["fd"])
-    print(f"best: {best} {scores[best]}")
+    if args.final and "model" not in scores:
+        raise SystemExit(f"--final: {args.run_dir}/model is not a generator (the run has not finished)")
+    best = "model" if args.final else min(scores, key=lambda n: scores[n]["fd"])
+    print(f"{'final' if args.final else 'best'}: {best} {scores[best]}")
     if args.install:
         if Path(best) in args.also:
             raise SystemExit(f"the best candidate is {best}, not a snapshot of this run: nothing installed")
@@ -80,7 +85,9 @@ def main() -> None:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
             meta = checkpoint.read_meta(tmp)
             meta["extra"]["run_config"] = yaml.safe_load((args.run_dir / "config.yaml").read_text())
-            meta["extra"]["selection"] = {"judge": "cnn", "criterion": "FD at truncation 1 vs real train (min)",
+            criterion = ("the run's end (run_dir/model), not selected; FD at truncation 1 vs real train recorded"
+                         if args.final else "FD at truncation 1 vs real train (min)")
+            meta["extra"]["selection"] = {"judge": "cnn", "criterion": criterion,
                                           "n_per_class": args.n_per_class, "chosen": best, "scores": scores}
             files.write_json(tmp / checkpoint.CONFIG_NAME, meta)
             if not (tmp / checkpoint.METRICS_NAME).is_file():

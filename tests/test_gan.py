@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from modalbridge import assets, checkpoint
@@ -262,3 +263,44 @@ def test_v5_recipe_resolves_and_starts_where_the_reproduce_script_puts_v2():
     script = (root / "scripts" / "reproduce_gan_fashion.sh").read_text()
     assert f'> "{cfg.model.init_generator}/$f"' in script and f"--install {cfg.model.init_generator}" in script
     assert "configs/gan/fashion_v5.yaml" in script and "runs/gan-fashion-v5/" in script
+
+
+def test_v6_stage2_resumes_the_v5_run_and_the_final_install_takes_its_end(tmp_path):
+    """scripts/reproduce_gan_fashion.sh's stage 2 (overrides on a --resume of the v5 run) resolves against v5's config
+    and continues its schedule; on the tiny setup the two stages run, stage 1's config stays as config.1.yaml, and
+    select_gan_snapshot.py --final installs run_dir/model (not the min-FD snapshot) with every candidate scored."""
+    import re
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "scripts" / "reproduce_gan_fashion.sh").read_text()
+    stage2 = re.search(r'^STAGE2="([^"]*)"', script, re.M).group(1).split()
+    assert '--resume "$RUN" $STAGE2' in script and '"$RUN" --final --install' in script
+    v5 = engine.resolve_config(str(root / "configs/gan/fashion_v5.yaml"), [])
+    v6 = engine.resolve_config(str(root / "configs/gan/fashion_v5.yaml"), stage2)
+    assert v6.model.lr_decay_from == v5.model.max_g_steps < v6.model.max_g_steps  # restarts where stage 1 ended
+    assert v6.model.aux_weight > v5.model.aux_weight and v6.optim.lr < v5.optim.lr and v6.model.d_warmup_steps == 0
+
+    over = TINY + [f"run_root={tmp_path}", "model.aux_weight=0.5", "model.max_g_steps=4", "model.lr_decay_from=2",
+                   "model.snapshot_every=2", "model.sample_every=0", "trainer.max_epochs=10", "model.n_dis=1"]
+    run = engine.train(engine.resolve_config("configs/gan/fashion.yaml", over))
+    cfg = engine.resolve_config(run / "config.yaml", ["model.max_g_steps=6", "model.lr_decay_from=4",
+                                                      "model.aux_weight=2.0", "optim.lr=5e-5"])
+    assert engine.train(cfg, resume=run) == run
+    assert checkpoint.read_meta(run / "model")["extra"]["generator_steps"] == 6
+    first = yaml.safe_load((run / "config.1.yaml").read_text())
+    assert first["model"]["aux_weight"] == 0.5 and first["model"]["max_g_steps"] == 4
+
+    out = tmp_path / "installed"
+    res = subprocess.run([sys.executable, str(root / "scripts" / "select_gan_snapshot.py"), str(run), "--final",
+                          "--install", str(out), "--n-per-class", "2", "--n-real-per-class", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    sel = checkpoint.read_meta(out)["extra"]["selection"]
+    assert sel["chosen"] == "model" and "not selected" in sel["criterion"]
+    assert {"step000002", "step000004", "model"} <= set(sel["scores"])
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(run / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
