@@ -85,6 +85,10 @@ def main() -> None:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
             meta = checkpoint.read_meta(tmp)
             meta["extra"]["run_config"] = yaml.safe_load((args.run_dir / "config.yaml").read_text())
+            stages = sorted((p for p in args.run_dir.glob("config.*.yaml") if p.stem.split(".")[1].isdigit()),
+                            key=lambda p: int(p.stem.split(".")[1]))
+            if stages:  # a multi-stage run (engine.keep_earlier_config): the earlier stages' configs, in order
+                meta["extra"]["earlier_run_configs"] = [yaml.safe_load(p.read_text()) for p in stages]
             criterion = ("the run's end (run_dir/model), not selected; FD at truncation 1 vs real train recorded"
                          if args.final else "FD at truncation 1 vs real train (min)")
             meta["extra"]["selection"] = {"judge": "cnn", "criterion": criterion,

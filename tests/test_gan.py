@@ -301,6 +301,9 @@ def test_v6_stage2_resumes_the_v5_run_and_the_final_install_takes_its_end(tmp_pa
     assert res.returncode == 0, res.stderr
     sel = checkpoint.read_meta(out)["extra"]["selection"]
     assert sel["chosen"] == "model" and "not selected" in sel["criterion"]
+    recorded = checkpoint.read_meta(out)["extra"]
+    assert recorded["run_config"]["model"]["aux_weight"] == 2.0
+    assert [c["model"]["aux_weight"] for c in recorded["earlier_run_configs"]] == [0.5]  # stage 1, from config.1.yaml
     assert {"step000002", "step000004", "model"} <= set(sel["scores"])
     a, b = load_file(str(out / "model.safetensors")), load_file(str(run / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

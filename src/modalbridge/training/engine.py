@@ -26,6 +26,7 @@ import yaml
 from modalbridge import checkpoint as ckpt
 from modalbridge.config import from_dict, merge, parse_overrides, read_yaml, save_yaml, to_dict
 from modalbridge.errors import UserError
+from modalbridge.files import atomic_write_bytes
 from modalbridge.registry import TASKS
 from modalbridge.training.resume import epoch_seed_callback, last_checkpoint_callback, load_training_checkpoint
 
@@ -287,9 +288,9 @@ def keep_earlier_config(cfg: RunConfig, run_dir: Path) -> Path | None:
     current = run_dir / "config.yaml"
     if not current.is_file() or read_yaml(current) == yaml.safe_load(yaml.safe_dump(to_dict(cfg))):
         return None
-    n = 1 + sum(1 for p in run_dir.glob("config.*.yaml") if p.stem.split(".")[-1].isdigit())
+    n = 1 + sum(1 for p in run_dir.glob("config.*.yaml") if p.stem.split(".")[1].isdigit())
     kept = run_dir / f"config.{n}.yaml"
-    os.replace(current, kept)
+    atomic_write_bytes(kept, current.read_bytes())  # a copy: config.yaml stays until the new one replaces it
     return kept
 
 
