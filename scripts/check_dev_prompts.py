@@ -21,6 +21,7 @@ import re
 import sys
 from pathlib import Path
 
+from modalbridge.errors import script_main
 from modalbridge.t2i.wordnet import synset, wnid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     below: dict[str, int] = {}  # hypernym wnid -> number of ImageNet classes under it
 
     errors: list[str] = []
+    if not args.tsv.is_file():
+        sys.exit(f"prompt file not found: {args.tsv}")
     try:
         lines = args.tsv.read_bytes().decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
@@ -136,4 +139,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_main(main)

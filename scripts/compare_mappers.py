@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from modalbridge.errors import script_main
 from modalbridge.files import write_json
 from modalbridge.registry import load_builtins
 from modalbridge.t2i.mapper import LOSSES, MAPPERS
@@ -138,4 +139,4 @@ def _table_hash(table: torch.Tensor) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from modalbridge.errors import script_main
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENES = [1, 6, 10, 2]  # fashion-scenes test indices: one, two, three and four items
 # The default text -> image model draws the ten Fashion-MNIST classes.
@@ -135,4 +137,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_main(main)

@@ -23,6 +23,7 @@ from PIL import Image
 from modalbridge import files
 from modalbridge.captioning import fashion_scenes
 from modalbridge.captioning.pipeline import decode_features, load_captioner
+from modalbridge.errors import script_main
 from modalbridge.render import attention_overlay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,4 +130,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_main(main)

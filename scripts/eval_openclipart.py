@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
+from modalbridge.errors import script_main
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -125,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -8,10 +8,10 @@ Deterministic: the same arguments give the same bytes. An existing complete dire
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from modalbridge.captioning import fashion_scenes
+from modalbridge.errors import script_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,4 +29,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_main(main)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from modalbridge import checkpoint
+from modalbridge.errors import script_main
 from modalbridge.vision import fashion_mnist
 from modalbridge.vision.classifier import FashionClassifier, FashionClassifierConfig, to_model_range
 
@@ -100,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

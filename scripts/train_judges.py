@@ -37,6 +37,8 @@ from modalbridge.vision.classifier import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_fashion_classifier import accuracy, random_shift  # noqa: E402
 
+from modalbridge.errors import script_main
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "eval" / "fashion-judges"
 CLASSES = list(fashion_mnist.CLASSES)
@@ -105,4 +107,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

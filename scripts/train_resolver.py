@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from modalbridge.errors import script_main
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -166,4 +168,4 @@ def table_bound_mappers(feats, rows, vocab, encoder, texts, accepted, seed: int,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_main(main)

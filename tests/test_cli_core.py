@@ -84,6 +84,21 @@ def test_research_scripts_report_a_bad_path_in_one_line(script, tmp_path):
     assert res.stderr.strip() == f"error: judge panel not found: {tmp_path / 'nope' / 'panel.json'}"
 
 
+@pytest.mark.parametrize("script, flag, name, message", [
+    ("compare_mappers.py", "--config", "nope.yaml", "config file not found"),
+    ("eval_openclipart.py", "--config", "nope.yaml", "config file not found"),
+    ("eval_caption_fashion.py", "--model", "nope", "model path not found"),
+    ("check_dev_prompts.py", "--tsv", "nope.tsv", "prompt file not found"),
+])
+def test_every_script_reports_a_missing_input_in_one_line(script, flag, name, message, tmp_path):
+    """The other scripts/ run through errors.script_main too: one error line and exit 2, not a traceback."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / script), flag, str(tmp_path / name)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("warning:")]
+    assert lines == [f"error: {message}: {tmp_path / name}"], res.stderr
+
+
 def test_script_main_exit_codes(capsys):
     from modalbridge.errors import UserError, script_main
 
