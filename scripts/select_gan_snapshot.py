@@ -27,6 +27,7 @@ import yaml
 from modalbridge import checkpoint, files
 from modalbridge.errors import script_main
 from modalbridge.generators import biggan  # noqa: F401 - registers biggan_deep
+from modalbridge.training import engine
 from modalbridge.training.gan import sample
 from modalbridge.vision import fashion_mnist
 from modalbridge.vision.classifier import frechet_distance_features, load_judge, to_model_range
@@ -85,8 +86,7 @@ def main() -> None:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
             meta = checkpoint.read_meta(tmp)
             meta["extra"]["run_config"] = yaml.safe_load((args.run_dir / "config.yaml").read_text())
-            stages = sorted((p for p in args.run_dir.glob("config.*.yaml") if p.stem.split(".")[1].isdigit()),
-                            key=lambda p: int(p.stem.split(".")[1]))
+            stages = engine.earlier_configs(args.run_dir)
             if stages:  # a multi-stage run (engine.keep_earlier_config): the earlier stages' configs, in order
                 meta["extra"]["earlier_run_configs"] = [yaml.safe_load(p.read_text()) for p in stages]
             criterion = ("the run's end (run_dir/model), not selected; FD at truncation 1 vs real train recorded"

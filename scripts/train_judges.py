@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from modalbridge import checkpoint, files
+from modalbridge.errors import script_main
 from modalbridge.vision import fashion_mnist
 from modalbridge.vision.classifier import (
     FashionClassifier,
@@ -36,8 +37,6 @@ from modalbridge.vision.classifier import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_fashion_classifier import accuracy, random_shift  # noqa: E402
-
-from modalbridge.errors import script_main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "eval" / "fashion-judges"

@@ -78,7 +78,7 @@ def test_resume_with_overrides_keeps_the_earlier_config(tmp_path):
     now = yaml.safe_load((first / "config.yaml").read_text())
     assert kept["trainer"]["max_epochs"] == 1 and kept["optim"]["lr"] != 5e-3
     assert now["trainer"]["max_epochs"] == 2 and now["optim"]["lr"] == 5e-3
-    assert engine.keep_earlier_config(cfg, first) is None  # unchanged: nothing kept, nothing renamed
+    assert engine.keep_earlier_config(cfg, first) is None  # unchanged: no copy kept
     assert sorted(p.name for p in first.glob("config*.yaml")) == ["config.1.yaml", "config.yaml"]
     third = engine.resolve_config(first / "config.yaml", ["trainer.max_epochs=3"])
     assert engine.keep_earlier_config(third, first) == first / "config.2.yaml"

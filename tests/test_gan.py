@@ -299,9 +299,9 @@ def test_v6_stage2_resumes_the_v5_run_and_the_final_install_takes_its_end(tmp_pa
                           "--install", str(out), "--n-per-class", "2", "--n-real-per-class", "3"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    sel = checkpoint.read_meta(out)["extra"]["selection"]
-    assert sel["chosen"] == "model" and "not selected" in sel["criterion"]
     recorded = checkpoint.read_meta(out)["extra"]
+    sel = recorded["selection"]
+    assert sel["chosen"] == "model" and "not selected" in sel["criterion"]
     assert recorded["run_config"]["model"]["aux_weight"] == 2.0
     assert [c["model"]["aux_weight"] for c in recorded["earlier_run_configs"]] == [0.5]  # stage 1, from config.1.yaml
     assert {"step000002", "step000004", "model"} <= set(sel["scores"])

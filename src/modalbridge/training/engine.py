@@ -281,6 +281,12 @@ def train(cfg: RunConfig, resume: str | Path | None = None) -> Path:
     return run_dir
 
 
+def earlier_configs(run_dir: Path) -> list[Path]:
+    """The earlier stages' configs of a run dir (``config.1.yaml``, ``config.2.yaml``, ...), in order."""
+    numbered = [p for p in Path(run_dir).glob("config.*.yaml") if p.stem.split(".")[1].isdigit()]
+    return sorted(numbered, key=lambda p: int(p.stem.split(".")[1]))
+
+
 def keep_earlier_config(cfg: RunConfig, run_dir: Path) -> Path | None:
     """Before a resume with overrides rewrites ``config.yaml``, keep the earlier one as ``config.<n>.yaml`` (n = 1, 2,
     ... for the first, second ... piece) when it differs, so every piece of a multi-stage run stays on record.
@@ -288,8 +294,7 @@ def keep_earlier_config(cfg: RunConfig, run_dir: Path) -> Path | None:
     current = run_dir / "config.yaml"
     if not current.is_file() or read_yaml(current) == yaml.safe_load(yaml.safe_dump(to_dict(cfg))):
         return None
-    n = 1 + sum(1 for p in run_dir.glob("config.*.yaml") if p.stem.split(".")[1].isdigit())
-    kept = run_dir / f"config.{n}.yaml"
+    kept = run_dir / f"config.{len(earlier_configs(run_dir)) + 1}.yaml"
     atomic_write_bytes(kept, current.read_bytes())  # a copy: config.yaml stays until the new one replaces it
     return kept
 
